@@ -1,0 +1,46 @@
+"""The ``futuremask`` command: a registry of sub-command modules.
+
+Each module listed in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds its
+sub-command(s) with ``parser.set_defaults(func=run)``; ``run(args)`` returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    "futuremask.cli_policies",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="futuremask",
+        description="Future-aware and modality-mutual attention masks for Hugging Face VLMs.",
+    )
+    parser.add_argument("--version", action="version", version=f"futuremask {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"futuremask {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,375 @@
+"""Hugging Face transformers (5.x) integration: ``apply()`` and ``continuation_logprob()``.
+
+How it plugs in (DESIGN §6):
+
+* Our attention functions and mask builders are registered with transformers under the names
+  ``futuremask_sdpa``, ``futuremask_eager``, ``futuremask_flex`` and ``futuremask_merge``; ``apply``
+  switches only the text backbone to one of them.
+* A forward pre-hook on the model reads the call's layout (visual tokens, padding, prompt region)
+  and holds it in a context variable for the duration of the call, so it follows whatever
+  ``generate`` does with the batch (beams, ``num_return_sequences``).
+* The mask builder runs once per forward (per mask type). For the prompt pass (query offset 0,
+  more than one query) it ORs the policy's overlay into the model's own mask; decoding steps get
+  the model's own causal mask and the KV cache. A prompt split over several passes is refused.
+
+Per-family notes: LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Idefics3 and InternVL expand image
+placeholders in ``input_ids``, so the layout comes from the config's ``image_token_id``. Gemma3 keeps
+its own image-bidirectional mask: the policy's overlay is ORed on top of it, so ``causal`` is the
+stock Gemma3 model.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, flex_attention_mask, sdpa_mask
+
+from .kernels import eager_attention, flex_attention, merge_attention, sdpa_attention
+from .layout import TokenLayout, visual_token_ids
+from .merge import Merge
+from .policies import Policy, dense_mask, get_policy, overlay_mod
+
+BACKENDS = ("auto", "sdpa", "eager", "flex")
+IMPL_PREFIX = "futuremask_"
+
+
+class PromptSplitError(RuntimeError):
+    """A prompt reached the model in several passes, where the policy cannot be applied exactly."""
+
+
+@dataclass
+class _Prefill:
+    """What the mask builder prepared for the attention functions of one prompt pass."""
+
+    sinks: torch.Tensor  # long [B, p]
+    futures: dict[int, torch.Tensor] = field(default_factory=dict)  # id(base mask) -> bool [B, 1, L, Lk]
+
+
+@dataclass
+class _Call:
+    """The state of one model call under a handle."""
+
+    handle: FutureMask
+    layout: TokenLayout | None
+    prefill: _Prefill | None = None
+
+
+_ACTIVE: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("futuremask_call", default=None)
+
+
+# --- mask builders ---------------------------------------------------------------------------------
+
+
+def _make_mask_builder(backend: str):
+    base_builder = flex_attention_mask if backend == "flex" else sdpa_mask
+
+    def build(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs):
+        call = _ACTIVE.get()
+        args = dict(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                    kv_offset=kv_offset, attention_mask=attention_mask)
+        if call is None or call.handle.is_plain_causal:
+            return base_builder(**args, **kwargs)
+        if int(q_offset) != 0 or int(kv_offset) != 0:
+            if q_length > 1:
+                raise PromptSplitError(
+                    f"futuremask policy {call.handle.policy.name!r} needs the whole prompt in one pass, but "
+                    f"{q_length} tokens arrived after {int(q_offset)} cached ones (chunked prefill, or "
+                    "generate() on a pre-filled cache). Run the full prompt in one call with an empty cache."
+                )
+            return base_builder(**args, **kwargs)  # a decoding step: the model's own causal mask
+        if q_length == 1:
+            return base_builder(**args, **kwargs)
+        layout = call.layout
+        if layout is None or layout.length != q_length or layout.batch_size != batch_size:
+            raise RuntimeError(
+                f"futuremask saw a prompt pass of shape [{batch_size}, {q_length}] that does not match the "
+                "input_ids of the model call; call the model with input_ids of the whole prompt"
+            )
+        overlay = overlay_mod(call.handle.policy, layout)
+        if backend == "flex":
+            length = layout.length
+            kwargs["mask_function"] = _or_guarded(kwargs["mask_function"], overlay, length)
+            return base_builder(**args, **kwargs)
+        kwargs["allow_is_causal_skip"] = False
+        base = base_builder(**args, **kwargs)
+        extra = dense_mask(overlay, batch_size, q_length, q_length, base.device)
+        if kv_length > q_length:  # a static cache: the slots after the prompt are never attended here
+            extra = torch.nn.functional.pad(extra, (0, kv_length - q_length), value=False)
+        extra = extra[:, None]
+        merge = call.handle.merge
+        if merge is None:
+            return base | extra
+        if call.prefill is None:
+            call.prefill = _Prefill(sinks=layout.sink_positions(merge.prefix).to(base.device))
+        call.prefill.futures[id(base)] = extra & ~base
+        return base
+
+    return build
+
+
+def _or_guarded(mask_function, overlay, length: int):
+    """``mask_function OR overlay``, the overlay evaluated only for keys inside the prompt."""
+
+    def mod(b, h, q, kv):
+        inside = kv < length
+        return mask_function(b, h, q, kv) | (overlay(b, h, q, kv.clamp(max=length - 1)) & inside)
+
+    return mod
+
+
+# --- attention functions (transformers' signature) --------------------------------------------------
+
+
+def _sdpa_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    out = sdpa_attention(query, key, value, attention_mask, scale=scaling, dropout=dropout)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _eager_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    out, weights = eager_attention(
+        query, key, value, attention_mask, scale=scaling, dropout=dropout, training=module.training
+    )
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def _flex_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    if dropout:
+        raise ValueError("futuremask's flex backend does not support attention dropout; use backend='sdpa'")
+    out = flex_attention(query, key, value, attention_mask, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _merge_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    call = _ACTIVE.get()
+    prefill = call.prefill if call is not None else None
+    future = prefill.futures.get(id(attention_mask)) if prefill is not None else None
+    if future is None:
+        return _sdpa_fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
+    length = query.shape[2]
+    out = merge_attention(
+        query, key[:, :, :length], value[:, :, :length], attention_mask[..., :length], future[..., :length],
+        merge=call.handle.merge, prefix_positions=prefill.sinks, scale=scaling,
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+_FUNCTIONS = {"sdpa": _sdpa_fn, "eager": _eager_fn, "flex": _flex_fn, "merge": _merge_fn}
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    for name, fn in _FUNCTIONS.items():
+        AttentionInterface.register(IMPL_PREFIX + name, fn)
+        AttentionMaskInterface.register(IMPL_PREFIX + name, _make_mask_builder(name))
+    _registered = True
+
+
+# --- the handle ------------------------------------------------------------------------------------
+
+
+def _text_config(model) -> Any:
+    config = model.config
+    return getattr(config, "text_config", None) or config
+
+
+def _resolve_backend(model, backend: str, merge: Merge | None) -> str:
+    if backend.startswith("flash"):
+        raise ValueError(
+            f"backend {backend!r}: FlashAttention cannot express future-aware masks (it only knows causal and "
+            "sliding windows). Use backend='sdpa', 'eager' or 'flex'."
+        )
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    if merge is not None:
+        if backend not in ("auto", "sdpa"):
+            raise ValueError(
+                f"merge={merge.kind!r} runs on futuremask's merge kernel (SDPA for causal rows); "
+                f"use backend='auto' or 'sdpa', not {backend!r}"
+            )
+        return "merge"
+    if backend == "auto":
+        device = next(model.parameters()).device
+        return "flex" if device.type == "cuda" else "sdpa"
+    return backend
+
+
+class FutureMask:
+    """A policy applied to a model; :func:`apply` returns it. Also a context manager.
+
+    Attributes:
+        policy: the applied :class:`~futuremask.policies.Policy`.
+        merge: the :class:`Merge` settings, or None.
+        backend: the kernel in use (``sdpa``, ``eager``, ``flex`` or ``merge``).
+    """
+
+    def __init__(self, model, policy: str | Policy, merge: Merge | str | None = None, backend: str = "auto"):
+        if getattr(model, "_futuremask", None) is not None:
+            raise RuntimeError("futuremask is already applied to this model; call .remove() on that handle first")
+        self.model = model
+        self.policy = get_policy(policy)
+        self.merge = Merge.coerce(merge)
+        self.backend = _resolve_backend(model, backend, self.merge)
+        if not self.policy.is_causal:
+            visual_token_ids(model.config)  # fail now, with a clear message, if visual tokens cannot be found
+        _register()
+        self._previous = _text_config(model)._attn_implementation
+        self._set_impl(IMPL_PREFIX + self.backend)
+        self._hooks = [
+            model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
+            model.register_forward_hook(self._after_forward, always_call=True),
+        ]
+        self._tokens: list[contextvars.Token] = []
+        model._futuremask = self
+
+    @property
+    def is_plain_causal(self) -> bool:
+        """True when nothing differs from the stock causal mask (``causal`` without merge)."""
+        return self.policy.is_causal and self.merge is None
+
+    def _set_impl(self, name: str) -> None:
+        if getattr(self.model.config, "text_config", None) is not None:
+            self.model.set_attn_implementation({"text_config": name})
+        else:
+            self.model.set_attn_implementation(name)
+
+    def _before_forward(self, module, args, kwargs):
+        prompt_mask = kwargs.pop("prompt_mask", None)
+        layout = None
+        if not self.is_plain_causal:
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            layout = TokenLayout.from_inputs(
+                self.model.config,
+                input_ids=input_ids,
+                attention_mask=kwargs.get("attention_mask"),
+                mm_token_type_ids=kwargs.get("mm_token_type_ids"),
+                labels=kwargs.get("labels"),
+                prompt_mask=prompt_mask,
+            )
+        self._tokens.append(_ACTIVE.set(_Call(handle=self, layout=layout)))
+        return args, kwargs
+
+    def _after_forward(self, module, args, output):
+        if self._tokens:
+            _ACTIVE.reset(self._tokens.pop())
+        return output
+
+    def remove(self) -> None:
+        """Restore the model exactly as it was before :func:`apply`."""
+        if getattr(self.model, "_futuremask", None) is not self:
+            return
+        for hook in self._hooks:
+            hook.remove()
+        self._set_impl(self._previous)
+        self.model._futuremask = None
+
+    def __enter__(self) -> FutureMask:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        merge = f", merge={self.merge}" if self.merge else ""
+        return f"FutureMask(policy={self.policy.name!r}{merge}, backend={self.backend!r})"
+
+
+def apply(model, policy: str, merge: Merge | str | None = None, backend: str = "auto") -> FutureMask:
+    """Run ``model``'s prompt pass under ``policy``; decoding stays causal with the KV cache.
+
+    Args:
+        model: a transformers model (a VLM, or its text backbone).
+        policy: a name from :data:`futuremask.POLICIES`.
+        merge: a :class:`Merge` (or kind name) to fold the future into the sink instead of attending it.
+        backend: ``"auto"`` (flex on CUDA, sdpa otherwise), ``"sdpa"``, ``"eager"`` or ``"flex"``.
+
+    Returns:
+        A :class:`FutureMask` handle; ``handle.remove()`` (or leaving its ``with`` block) restores the model.
+        A forward call may pass ``prompt_mask=`` (bool ``[B, L]``) to set the prompt region explicitly;
+        with ``labels`` the prompt stops at the first supervised token.
+    """
+    return FutureMask(model, policy, merge=merge, backend=backend)
+
+
+# --- continuation scoring -------------------------------------------------------------------------
+
+_PER_TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
+
+
+def _pad_continuations(
+    continuation_ids: torch.Tensor | Sequence[Sequence[int]], batch_size: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(continuation_ids, torch.Tensor):
+        ids = continuation_ids.to(device)
+        if ids.dim() == 1:
+            ids = ids.expand(batch_size, -1)
+        return ids, torch.ones_like(ids, dtype=torch.bool)
+    rows = [torch.as_tensor(list(c), dtype=torch.long) for c in continuation_ids]
+    if len(rows) != batch_size:
+        raise ValueError(f"{len(rows)} continuations for a batch of {batch_size} prompts")
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(batch_size, width, dtype=torch.long)
+    keep = torch.zeros(batch_size, width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        keep[i, : len(r)] = True
+    return ids.to(device), keep.to(device)
+
+
+def continuation_logprob(
+    model,
+    inputs: Mapping[str, Any],
+    continuation_ids: torch.Tensor | Sequence[Sequence[int]],
+    policy: str = "causal",
+    merge: Merge | str | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Sum of log-probabilities of ``continuation_ids`` after the prompt in ``inputs``, in one forward pass.
+
+    The continuation is appended after each (left-padded) prompt and excluded from the prompt
+    region, so visual rows never see it.
+
+    Args:
+        model: a transformers VLM.
+        inputs: the processor's output for the prompts (``input_ids [B, Lp]``, ``attention_mask``, pixels, ...).
+        continuation_ids: long ``[B, Lc]`` or ``[Lc]``, or a list of token lists of any lengths.
+        policy, merge, backend: as for :func:`apply`.
+
+    Returns:
+        float32 ``[B]``.
+    """
+    input_ids = inputs["input_ids"]
+    batch_size, prompt_len = input_ids.shape
+    device = input_ids.device
+    cont, keep = _pad_continuations(continuation_ids, batch_size, device)
+    if cont.shape[1] == 0:
+        raise ValueError("continuation_ids is empty: there is nothing to score")
+    prompt_valid = inputs.get("attention_mask")
+    prompt_valid = torch.ones_like(input_ids) if prompt_valid is None else prompt_valid
+    call = dict(inputs)
+    call["input_ids"] = torch.cat([input_ids, cont], dim=1)
+    call["attention_mask"] = torch.cat([prompt_valid.to(keep.dtype), keep], dim=1).long()
+    for key in _PER_TOKEN_KEYS:
+        if call.get(key) is not None:
+            call[key] = torch.nn.functional.pad(call[key], (0, cont.shape[1]), value=0)
+    call["prompt_mask"] = torch.cat([prompt_valid.bool(), torch.zeros_like(keep)], dim=1)
+    if getattr(model, "_futuremask", None) is not None:
+        raise RuntimeError(
+            "continuation_logprob applies the policy itself; call it outside `with futuremask.apply(...)` "
+            "(or remove() the handle first) and pass policy=/merge= here"
+        )
+    with apply(model, policy, merge=merge, backend=backend), torch.no_grad():
+        logits = model(**call, use_cache=False).logits
+    logp = torch.log_softmax(logits[:, prompt_len - 1 : -1].float(), dim=-1)
+    token_logp = logp.gather(-1, cont[..., None]).squeeze(-1)
+    return (token_logp * keep).sum(dim=1)
+
+
+__all__ = ["FutureMask", "PromptSplitError", "apply", "continuation_logprob", "BACKENDS"]

@@ -1,0 +1,61 @@
+"""Merge attention: causal attention whose future is folded into the sink (DESIGN §4), in row chunks.
+
+Rows with no future keys (all text rows under the future-aware policies) go through SDPA with the
+causal mask; only rows with future keys get explicit scores, a chunk of rows at a time, so no
+per-head ``L x L`` score tensor is ever held.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..merge import Merge, merged_logits
+from .common import as_4d, expand_heads
+from .sdpa import sdpa_attention
+
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+
+def merge_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    base: torch.Tensor,
+    future: torch.Tensor,
+    *,
+    merge: Merge,
+    prefix_positions: torch.Tensor,
+    scale: float | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> torch.Tensor:
+    """``[B, H, L, D]``: attention over ``base`` with the ``future`` keys merged into the prefix.
+
+    Args:
+        q: ``[B, H, L, D]`` queries of a prompt pass (positions ``0 .. L-1``).
+        k, v: ``[B, Hkv, L, D]``.
+        base: bool ``[B, L, L]`` or ``[B, 1, L, L]``, the causal keys each row attends.
+        future: bool ``[B, L, L]`` or ``[B, 1, L, L]``, the extra future keys ``F_i`` (``j > i``).
+        merge: the merge settings.
+        prefix_positions: long ``[B, p]``, the sink positions of each row of the batch.
+        scale: defaults to ``D ** -0.5``.
+        chunk_bytes: bound on the float32 scores held at once per chunk of rows.
+    """
+    base4, future4 = as_4d(base), as_4d(future)
+    out = sdpa_attention(q, k, v, base4, scale=scale)
+    if out.requires_grad:
+        out = out.clone()  # the merged rows are written in place below
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    k, v = expand_heads(q, k, v)
+    heads, length = q.shape[1], k.shape[2]
+    rows_per_chunk = max(1, chunk_bytes // (4 * 6 * heads * length))
+    for b in range(q.shape[0]):
+        fut_b, base_b = future4[b, 0], base4[b, 0]
+        rows = fut_b.any(-1).nonzero().flatten()
+        kf, vf = k[b].float(), v[b].float()
+        for start in range(0, rows.numel(), rows_per_chunk):
+            r = rows[start : start + rows_per_chunk]
+            scores = torch.matmul(q[b, :, r].float(), kf.transpose(-1, -2)) * scale
+            logits = merged_logits(scores, base_b[r], fut_b[r], r, prefix_positions[b], merge)
+            weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+            out[b, :, r] = torch.matmul(weights, vf).to(out.dtype)
+    return out

@@ -1,0 +1,158 @@
+"""Light future-aware attention (DESIGN §4): fold the future a policy allows into the sink token.
+
+For one query row ``i`` with scores ``S[i, :]``, the extra future keys ``F_i`` of the policy are
+not attended. Instead
+
+* ``kind="kernel"`` (the published ``softmax(B + C(B, mu) + M^c)``): the row's future scores
+  ``f_i[t] = S[i, i+1+t]`` (0 where ``i+1+t`` is not in ``F_i``) are pooled over windows of size
+  ``kernel`` with stride 1 (one shorter window when fewer than ``kernel`` remain), and the sum of
+  the pooled values ``C_i`` is added to the logit of the row's prefix (first valid) position;
+* ``kind="lse"`` (mass-preserving): the prefix logit becomes
+  ``logsumexp(S[i, prefix], S[i, F_i])``, so every other past key keeps exactly the weight it has
+  under the full future-aware mask and the future's mass sits on the sink.
+
+With ``prefix=p > 1`` the windows (``kernel``) or the future keys (``lse``) are split into ``p``
+contiguous groups in order (the first groups one longer when they do not divide evenly), and group
+``g`` goes to the ``g``-th valid position; groups whose prefix position lies after ``i`` are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MERGE_KINDS = ("kernel", "lse")
+POOLS = ("max", "mean")
+
+
+@dataclass(frozen=True)
+class Merge:
+    """How the future is folded into the sink during prefill.
+
+    Args:
+        kind: ``"kernel"`` (the paper's pooled scores) or ``"lse"`` (mass-preserving log-sum-exp).
+        kernel: pooling window size (>= 1), used by ``kind="kernel"``.
+        pool: ``"max"`` (the paper) or ``"mean"``.
+        prefix: number of sink positions that receive the future (>= 1).
+    """
+
+    kind: str = "kernel"
+    kernel: int = 3
+    pool: str = "max"
+    prefix: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in MERGE_KINDS:
+            raise ValueError(f"unknown merge kind {self.kind!r}; choose one of {MERGE_KINDS}")
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown merge pool {self.pool!r}; choose one of {POOLS}")
+        for name in ("kernel", "prefix"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Merge.{name} must be an integer >= 1; got {value!r}")
+
+    @classmethod
+    def coerce(cls, merge: Merge | str | None) -> Merge | None:
+        """Accept a :class:`Merge`, a kind name such as ``"kernel"``, or None."""
+        if merge is None or isinstance(merge, Merge):
+            return merge
+        if isinstance(merge, str):
+            return None if merge in ("none", "") else cls(kind=merge)
+        raise TypeError(f"merge must be a futuremask.Merge, a kind name or None; got {type(merge).__name__}")
+
+
+def split_groups(index: torch.Tensor, total: torch.Tensor, groups: int) -> torch.Tensor:
+    """Group of item ``index`` when ``total`` items are split into ``groups`` contiguous groups in order.
+
+    The first ``total % groups`` groups hold one item more (as ``numpy.array_split``). Broadcasts.
+    """
+    size = torch.div(total, groups, rounding_mode="floor")
+    extra = total - size * groups
+    boundary = extra * (size + 1)
+    return torch.where(
+        index < boundary,
+        torch.div(index, size + 1, rounding_mode="floor"),
+        extra + torch.div(index - boundary, size.clamp(min=1), rounding_mode="floor"),
+    )
+
+
+def merged_logits(
+    scores: torch.Tensor,
+    base: torch.Tensor,
+    future: torch.Tensor,
+    rows: torch.Tensor,
+    prefix_positions: torch.Tensor,
+    merge: Merge,
+) -> torch.Tensor:
+    """Logits of query rows of one sequence after folding their future into the prefix.
+
+    Args:
+        scores: float ``[H, R, L]`` scaled scores ``Q K^T`` of the rows against all ``L`` keys.
+        base: bool ``[R, L]``, the row's causal (attended) keys.
+        future: bool ``[R, L]``, the row's extra future keys ``F_i`` (all ``j > i``).
+        rows: long ``[R]``, the absolute query positions ``i``.
+        prefix_positions: long ``[p]``, the sink positions (first ``p`` valid tokens).
+        merge: the merge settings.
+
+    Returns:
+        float ``[H, R, L]``: ``-inf`` off ``base``, the merged value on the prefix positions.
+    """
+    length = scores.shape[-1]
+    logits = scores.masked_fill(~base, float("-inf"))
+    n_groups = prefix_positions.numel()
+    if merge.kind == "kernel":
+        bonus = _pooled_future(scores, future, rows, merge, n_groups)  # [H, R, p]
+    else:
+        bonus = _lse_future(scores, future, n_groups)  # [H, R, p]
+    for g in range(n_groups):
+        pos = int(prefix_positions[g])
+        if pos >= length:
+            continue
+        keep = (rows >= pos) & future.any(-1) & base[:, pos]
+        col = logits[:, :, pos]
+        if merge.kind == "kernel":
+            merged = col + bonus[..., g]
+        else:
+            merged = torch.logaddexp(col, bonus[..., g])
+        logits[:, :, pos] = torch.where(keep, merged, col)
+    return logits
+
+
+def _pooled_future(
+    scores: torch.Tensor, future: torch.Tensor, rows: torch.Tensor, merge: Merge, n_groups: int
+) -> torch.Tensor:
+    """``[H, R, p]``: per group, the sum over windows of the pooled future scores (``kind="kernel"``)."""
+    length = scores.shape[-1]
+    span = max(length - 1, 1)
+    t = torch.arange(span, device=scores.device)
+    cols = rows[:, None] + 1 + t[None, :]  # [R, T]
+    n = (length - 1 - rows)[:, None]  # [R, 1] future length n_i
+    inside = t[None, :] < n
+    idx = cols.clamp(max=length - 1)
+    f_mask = future.gather(-1, idx) & inside
+    f = torch.where(f_mask, scores.gather(-1, idx.expand(scores.shape[0], -1, -1)), 0.0)  # [H, R, T]
+    k = merge.kernel
+    if merge.pool == "max":
+        padded = torch.nn.functional.pad(f.masked_fill(~inside, float("-inf")), (0, k - 1), value=float("-inf"))
+        pooled = padded.unfold(-1, k, 1).amax(-1)  # [H, R, T], window w starts at t = w
+    else:
+        padded = torch.nn.functional.pad(f.masked_fill(~inside, 0.0), (0, k - 1), value=0.0)
+        pooled = padded.unfold(-1, k, 1).sum(-1) / n.clamp(min=1, max=k)
+    n_windows = torch.where(n >= k, n - k + 1, (n > 0).long())  # [R, 1]
+    in_window = t[None, :] < n_windows
+    pooled = torch.where(in_window, pooled, 0.0)
+    group = split_groups(t[None, :], n_windows, n_groups)  # [R, T]
+    bonus = torch.stack([torch.where(group == g, pooled, 0.0).sum(-1) for g in range(n_groups)], dim=-1)
+    return bonus
+
+
+def _lse_future(scores: torch.Tensor, future: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """``[H, R, p]``: per group, the log-sum-exp of the future scores (``kind="lse"``)."""
+    rank = torch.cumsum(future.long(), dim=-1) - 1
+    group = split_groups(rank, future.sum(-1, keepdim=True), n_groups)
+    out = []
+    for g in range(n_groups):
+        member = future & (group == g)
+        out.append(torch.logsumexp(scores.masked_fill(~member, float("-inf")), dim=-1))
+    return torch.stack(out, dim=-1)

@@ -1,0 +1,210 @@
+"""Mask policies (DESIGN §3): each one is a tiny pure predicate over a :class:`TokenLayout`.
+
+A policy is the causal mask OR an *overlay*: the extra pairs ``(i, j)`` it lets through. Every
+overlay is written in the FlexAttention ``mask_mod`` style, ``overlay(layout, b, q, kv) -> bool``,
+with index tensors that broadcast, so the same function fills a dense boolean mask
+(:func:`dense_mask`) and a FlexAttention ``BlockMask``. The full rule is
+
+    allowed(i, j) = valid[j] and (j <= i or overlay(i, j))
+
+Pictures (``V`` visual, ``T`` text, ``■`` allowed) for the layout ``T V V T``::
+
+    causal      future      future_v2v  future_v2t  mma
+    ■ ⬚ ⬚ ⬚     ■ ⬚ ⬚ ⬚     ■ ⬚ ⬚ ⬚     ■ ⬚ ⬚ ⬚     ■ ■ ■ ⬚
+    ■ ■ ⬚ ⬚     ■ ■ ■ ■     ■ ■ ■ ⬚     ■ ■ ⬚ ■     ■ ■ ⬚ ■
+    ■ ■ ■ ⬚     ■ ■ ■ ■     ■ ■ ■ ⬚     ■ ■ ■ ■     ■ ■ ■ ■
+    ■ ■ ■ ■     ■ ■ ■ ■     ■ ■ ■ ■     ■ ■ ■ ■     ■ ■ ■ ■
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .layout import TokenLayout
+
+Overlay = Callable[[TokenLayout, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A named mask policy: the causal mask plus an optional overlay of extra allowed pairs."""
+
+    name: str
+    overlay: Overlay | None
+    description: str
+
+    @property
+    def is_causal(self) -> bool:
+        return self.overlay is None
+
+
+_REGISTRY: dict[str, Policy] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_policy(name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[Overlay | None], Overlay | None]:
+    """Decorator adding an overlay to the registry under ``name`` (and ``aliases``)."""
+
+    def add(overlay: Overlay | None) -> Overlay | None:
+        doc = (overlay.__doc__ or "").strip().splitlines()[0] if overlay is not None else "j <= i"
+        if name in _REGISTRY or name in _ALIASES:
+            raise ValueError(f"policy {name!r} is already registered")
+        _REGISTRY[name] = Policy(name=name, overlay=overlay, description=doc)
+        for alias in aliases:
+            _ALIASES[alias] = name
+        return overlay
+
+    return add
+
+
+def get_policy(name: str | Policy) -> Policy:
+    """The policy registered as ``name`` (an alias such as ``original`` works too)."""
+    if isinstance(name, Policy):
+        return name
+    key = _ALIASES.get(name, name)
+    if key not in _REGISTRY:
+        known = ", ".join(list(_REGISTRY) + list(_ALIASES))
+        raise ValueError(f"unknown mask policy {name!r}; choose one of: {known}")
+    return _REGISTRY[key]
+
+
+# --- the policies --------------------------------------------------------------------------------
+
+register_policy("causal", aliases=("original",))(None)
+
+
+@register_policy("future")
+def future(lay: TokenLayout, b: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """M^f: visual queries see every prompt position."""
+    return lay.visual[b, q] & lay.prompt[b, kv]
+
+
+@register_policy("future_v2v")
+def future_v2v(lay: TokenLayout, b: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """M^v2v: visual queries see the visual tokens of the whole prompt."""
+    return lay.visual[b, q] & lay.visual[b, kv] & lay.prompt[b, kv]
+
+
+@register_policy("future_v2t")
+def future_v2t(lay: TokenLayout, b: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """M^v2t: visual queries see the text tokens of the whole prompt."""
+    return lay.visual[b, q] & ~lay.visual[b, kv] & lay.prompt[b, kv]
+
+
+@register_policy("mma")
+def mma(lay: TokenLayout, b: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """Modality-mutual: prompt tokens see prompt tokens of another modality, in any order."""
+    return (lay.modality[b, q] != lay.modality[b, kv]) & lay.prompt[b, q] & lay.prompt[b, kv]
+
+
+@register_policy("image_bidirectional")
+def image_bidirectional(lay: TokenLayout, b: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """Tokens of one contiguous image (or video) run see each other both ways, as Gemma3 is trained."""
+    run = lay.visual_run
+    return (run[b, q] == run[b, kv]) & (run[b, q] >= 0) & lay.prompt[b, kv]
+
+
+POLICIES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def policy_aliases() -> dict[str, str]:
+    """Alias -> policy name (e.g. ``original`` -> ``causal``)."""
+    return dict(_ALIASES)
+
+
+# --- composing masks ------------------------------------------------------------------------------
+
+
+def and_masks(*mods: MaskMod) -> MaskMod:
+    """Intersection of ``mask_mod`` functions."""
+
+    def mod(b, h, q, kv):
+        out = mods[0](b, h, q, kv)
+        for m in mods[1:]:
+            out = out & m(b, h, q, kv)
+        return out
+
+    return mod
+
+
+def or_masks(*mods: MaskMod) -> MaskMod:
+    """Union of ``mask_mod`` functions."""
+
+    def mod(b, h, q, kv):
+        out = mods[0](b, h, q, kv)
+        for m in mods[1:]:
+            out = out | m(b, h, q, kv)
+        return out
+
+    return mod
+
+
+def causal_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """``j <= i``."""
+    return kv <= q
+
+
+def overlay_mod(policy: str | Policy, layout: TokenLayout) -> MaskMod | None:
+    """The policy's overlay bound to ``layout`` as a ``mask_mod`` (None for ``causal``)."""
+    overlay = get_policy(policy).overlay
+    if overlay is None:
+        return None
+    return lambda b, h, q, kv: overlay(layout, b, q, kv)
+
+
+def allowed_mod(policy: str | Policy, layout: TokenLayout) -> MaskMod:
+    """``mask_mod`` of the full rule ``valid[j] and (j <= i or overlay(i, j))``."""
+    valid = layout.valid
+    base: MaskMod = causal_mod
+    extra = overlay_mod(policy, layout)
+    if extra is not None:
+        base = or_masks(base, extra)
+    return and_masks(lambda b, h, q, kv: valid[b, kv], base)
+
+
+def dense_mask(mod: MaskMod, batch_size: int, q_length: int, kv_length: int, device=None) -> torch.Tensor:
+    """Evaluate a ``mask_mod`` on the full grid by broadcasting: bool ``[B, q_length, kv_length]``."""
+    b = torch.arange(batch_size, device=device)[:, None, None]
+    h = torch.zeros((), dtype=torch.long, device=device)
+    q = torch.arange(q_length, device=device)[None, :, None]
+    kv = torch.arange(kv_length, device=device)[None, None, :]
+    return mod(b, h, q, kv).expand(batch_size, q_length, kv_length)
+
+
+def policy_mask(policy: str | Policy, layout: TokenLayout) -> torch.Tensor:
+    """bool ``[B, L, L]``: True where query ``i`` may attend key ``j`` under ``policy``."""
+    return dense_mask(allowed_mod(policy, layout), layout.batch_size, layout.length, layout.length, layout.valid.device)
+
+
+def build_mask(
+    policy: str,
+    is_visual: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    prompt_mask: torch.Tensor | None = None,
+    modality: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention mask of a policy: bool ``[B, L, L]``, True = query ``i`` may attend key ``j``.
+
+    Args:
+        policy: a name from :data:`POLICIES` (or an alias such as ``original``).
+        is_visual: bool ``[L]`` or ``[B, L]``.
+        attention_mask: 0/1 ``[B, L]``, 0 on padding.
+        prompt_mask: bool ``[B, L]``, positions visual queries may see as future (default: all valid).
+        modality: int ``[B, L]``, 0 text / 1 image / 2 video (default: 1 where visual).
+
+    Example:
+        >>> build_mask("future_v2v", torch.tensor([0, 1, 1, 0], dtype=torch.bool))[0].int()
+        tensor([[1, 0, 0, 0],
+                [1, 1, 1, 0],
+                [1, 1, 1, 0],
+                [1, 1, 1, 1]], dtype=torch.int32)
+    """
+    layout = TokenLayout.from_masks(
+        is_visual, attention_mask=attention_mask, prompt_mask=prompt_mask, modality=modality
+    )
+    return policy_mask(policy, layout)
