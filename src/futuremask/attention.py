@@ -22,7 +22,7 @@ def attention(
     merge: Merge | str | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Attention of one prompt pass under ``policy``, computed in float32.
+    """Attention of one prompt pass under ``policy``, computed in float32 (or float64 for float64 inputs).
 
     Args:
         q: ``[B, H, L, D]``; k, v: ``[B, Hkv, L, D]`` (``H`` a multiple of ``Hkv``; grouped heads repeat).
@@ -41,7 +41,8 @@ def attention(
         is_visual = is_visual.expand(q.shape[0], -1)
     layout = TokenLayout.from_masks(is_visual, attention_mask=attention_mask, prompt_mask=prompt_mask)
     allowed = policy_mask(get_policy(policy), layout)
-    qf, kf, vf = q.float(), k.float(), v.float()
+    acc = torch.promote_types(q.dtype, torch.float32)
+    qf, kf, vf = q.to(acc), k.to(acc), v.to(acc)
     if merge is None:
         return eager_attention(qf, kf, vf, allowed, scale=scale)[0].to(q.dtype)
     base = policy_mask("causal", layout)

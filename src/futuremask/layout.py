@@ -93,7 +93,7 @@ class TokenLayout:
             modality: int ``[B, L]`` (default: 1 where visual, else 0).
         """
         is_visual = torch.as_tensor(is_visual).bool()
-        batch_size = 1
+        batch_size = is_visual.shape[0] if is_visual.dim() == 2 else 1
         for t in (attention_mask, prompt_mask, modality):
             if t is not None:
                 batch_size = max(batch_size, t.shape[0])

@@ -51,10 +51,11 @@ def merge_attention(
     for b in range(q.shape[0]):
         fut_b, base_b = future4[b, 0], base4[b, 0]
         rows = fut_b.any(-1).nonzero().flatten()
-        kf, vf = k[b].float(), v[b].float()
+        acc = torch.promote_types(q.dtype, torch.float32)  # scores in float32 at least
+        kf, vf = k[b].to(acc), v[b].to(acc)
         for start in range(0, rows.numel(), rows_per_chunk):
             r = rows[start : start + rows_per_chunk]
-            scores = torch.matmul(q[b, :, r].float(), kf.transpose(-1, -2)) * scale
+            scores = torch.matmul(q[b, :, r].to(acc), kf.transpose(-1, -2)) * scale
             logits = merged_logits(scores, base_b[r], fut_b[r], r, prefix_positions[b], merge)
             weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
             out[b, :, r] = torch.matmul(weights, vf).to(out.dtype)
