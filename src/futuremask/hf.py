@@ -91,6 +91,8 @@ def _make_mask_builder(backend: str):
                 "input_ids of the model call; call the model with input_ids of the whole prompt"
             )
         overlay = overlay_mod(call.handle.policy, layout)
+        if overlay is None:  # `causal` with a merge: there is no future to fold, the stock mask is exact
+            return base_builder(**args, **kwargs)
         if backend == "flex":
             length = layout.length
             kwargs["mask_function"] = _or_guarded(kwargs["mask_function"], overlay, length)

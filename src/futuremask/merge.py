@@ -110,7 +110,7 @@ def merged_logits(
         if pos >= length:
             continue
         keep = (rows >= pos) & future.any(-1) & base[:, pos]
-        col = logits[:, :, pos]
+        col = logits[:, :, pos].clone()  # a copy: logaddexp saves it for backward, and logits is written below
         if merge.kind == "kernel":
             merged = col + bonus[..., g]
         else:
