@@ -1,0 +1,218 @@
+"""futuremask on each VLM family (LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Idefics3, Gemma3, InternVL).
+
+Every check compares the model under ``fm.apply`` with an independent computation: the untouched
+model, or the untouched model given a dense boolean mask written here from DESIGN §3's table
+(plus Gemma3's own image-bidirectional blocks), followed by a hand-written greedy decode loop.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from families import FAMILIES, IMAGE, TinyVLM, build_inputs
+
+import futuremask as fm
+
+FUTURE_POLICIES = ("future", "future_v2v", "future_v2t", "mma")
+IMAGE_PROMPT = ["USER:", IMAGE, "what is left of", IMAGE, "the red circle ? ASSISTANT:"]
+ONE_IMAGE_PROMPT = ["USER:", IMAGE, "what color is the circle ? ASSISTANT:"]
+TEXT_PROMPT = ["USER: what color is the red circle ? ASSISTANT:"]
+NEW_TOKENS = 4
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def vlm(request) -> TinyVLM:
+    return FAMILIES[request.param]()
+
+
+# --- independent computations ----------------------------------------------------------------------
+
+
+def definition_mask(policy: str, input_ids: torch.Tensor, vlm: TinyVLM) -> torch.Tensor:
+    """bool ``[L, L]`` from DESIGN §3 for one unpadded prompt (every position is prompt).
+
+    For Gemma3 the model's own image-bidirectional blocks (same contiguous image run) are added,
+    since futuremask ORs the policy on top of Gemma3's mask.
+    """
+    modality = (input_ids == vlm.image_token_id).long()
+    vis = modality.bool()
+    length = len(input_ids)
+    i = torch.arange(length)[:, None]
+    j = torch.arange(length)[None, :]
+    extra = {
+        "causal": torch.zeros(length, length, dtype=torch.bool),
+        "future": vis[i].expand(-1, length),
+        "future_v2v": vis[i] & vis[j],
+        "future_v2t": vis[i] & ~vis[j],
+        "mma": modality[i] != modality[j],
+    }[policy]
+    allowed = (j <= i) | extra
+    if vlm.name == "gemma3":
+        run, runs = -1, []
+        for k in range(length):
+            if vis[k] and (k == 0 or not vis[k - 1]):
+                run += 1
+            runs.append(run if vis[k] else -1)
+        runs = torch.tensor(runs)
+        allowed |= (runs[i] == runs[j]) & (runs[i] >= 0)
+    return allowed
+
+
+def _positions(vlm: TinyVLM, inputs: dict) -> torch.Tensor | None:
+    """Position ids of the prompt as the model computes them (M-RoPE for Qwen-VL), else None."""
+    if "mm_token_type_ids" not in inputs:
+        return None
+    kw = {k: inputs[k] for k in ("image_grid_thw", "mm_token_type_ids", "attention_mask") if k in inputs}
+    return vlm.model.model.get_rope_index(inputs["input_ids"], **kw)[0]
+
+
+def dense_forward(vlm: TinyVLM, inputs: dict, mask: torch.Tensor, use_cache: bool = False):
+    """The untouched model's forward with an explicit boolean mask ``[L, L]`` on every text layer."""
+    call = {k: v for k, v in inputs.items() if k not in ("attention_mask", "token_type_ids", "mm_token_type_ids")}
+    call["attention_mask"] = mask[None, None]
+    positions = _positions(vlm, inputs)
+    if positions is not None:
+        call["position_ids"] = positions
+    with torch.no_grad():
+        return vlm.model(**call, use_cache=use_cache)
+
+
+def manual_greedy(vlm: TinyVLM, inputs: dict, prefill, steps: int) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy decoding by hand: argmax, then one causal step at a time on the prefill's KV cache."""
+    length = inputs["input_ids"].shape[1]
+    positions = _positions(vlm, inputs)
+    next_pos = length if positions is None else int(positions.max()) + 1
+    cache, logits = prefill.past_key_values, prefill.logits[:, -1]
+    tokens, all_logits = [], []
+    for t in range(steps):
+        all_logits.append(logits[0])
+        token = int(logits.argmax(-1))
+        tokens.append(token)
+        pos = torch.tensor([[next_pos + t]])
+        if positions is not None:
+            pos = pos.expand(3, 1, 1)
+        with torch.no_grad():
+            out = vlm.model(
+                input_ids=torch.tensor([[token]]), attention_mask=torch.ones(1, length + t + 1, dtype=torch.long),
+                position_ids=pos, past_key_values=cache, use_cache=True,
+            )
+        cache, logits = out.past_key_values, out.logits[:, -1]
+    return tokens, all_logits
+
+
+def logits_of(vlm: TinyVLM, inputs: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return vlm.model(**inputs).logits
+
+
+def generate(vlm: TinyVLM, inputs: dict):
+    with torch.no_grad():
+        return vlm.model.generate(
+            **inputs, max_new_tokens=NEW_TOKENS, do_sample=False, return_dict_in_generate=True, output_logits=True
+        )
+
+
+# --- (a) causal is the stock model, and remove() restores it -----------------------------------------
+
+
+def test_causal_matches_untouched_model_and_remove_restores(vlm):
+    model = vlm.model
+    impl = model.config.get_text_config()._attn_implementation
+    for segments in (IMAGE_PROMPT, TEXT_PROMPT):
+        inputs = build_inputs(vlm, segments)
+        ref = logits_of(vlm, inputs)
+        handle = fm.apply(model, "causal")
+        assert model.config.get_text_config()._attn_implementation.startswith("futuremask_")
+        got = logits_of(vlm, inputs)
+        handle.remove()
+        assert (got - ref).abs().max() <= 1e-6
+        assert model.config.get_text_config()._attn_implementation == impl
+        with fm.apply(model, "future"):
+            logits_of(vlm, inputs)
+        assert torch.equal(logits_of(vlm, inputs), ref)
+    # the stock model is what the dense definition of `causal` gives (for Gemma3: with its image blocks)
+    inputs = build_inputs(vlm, IMAGE_PROMPT)
+    dense = dense_forward(vlm, inputs, definition_mask("causal", inputs["input_ids"][0], vlm)).logits
+    assert (dense - logits_of(vlm, inputs)).abs().max() <= 1e-5
+
+
+# --- (b) future-aware policies: change image prompts exactly as defined, leave text prompts alone ------
+
+
+@pytest.mark.parametrize("policy", FUTURE_POLICIES)
+def test_policy_matches_dense_definition(vlm, policy):
+    inputs = build_inputs(vlm, IMAGE_PROMPT)
+    stock = logits_of(vlm, inputs)
+    with fm.apply(vlm.model, policy):
+        got = logits_of(vlm, inputs)
+    expected = dense_forward(vlm, inputs, definition_mask(policy, inputs["input_ids"][0], vlm)).logits
+    assert (got - expected).abs().max() <= 1e-5
+    assert (got - stock).abs().max() > 1e-3, "the policy should change the logits of an image prompt"
+    assert (got[0, -1] - stock[0, -1]).abs().max() > 1e-4, "text after the images should feel the change"
+
+    text = build_inputs(vlm, TEXT_PROMPT)
+    with fm.apply(vlm.model, policy):
+        got_text = logits_of(vlm, text)
+    assert (got_text - logits_of(vlm, text)).abs().max() <= 1e-6
+
+
+# --- (c) generate = policy prefill + plain causal decoding with the cache ------------------------------
+
+
+@pytest.mark.parametrize("policy", ["future", "mma"])
+def test_generate_is_policy_prefill_then_causal_decode(vlm, policy):
+    inputs = build_inputs(vlm, IMAGE_PROMPT)
+    length = inputs["input_ids"].shape[1]
+    with fm.apply(vlm.model, policy):
+        out = generate(vlm, inputs)
+    prefill = dense_forward(vlm, inputs, definition_mask(policy, inputs["input_ids"][0], vlm), use_cache=True)
+    tokens, step_logits = manual_greedy(vlm, inputs, prefill, NEW_TOKENS)
+    assert out.sequences[0, length:].tolist() == tokens
+    for got, want in zip(out.logits, step_logits, strict=True):
+        assert (got[0] - want).abs().max() <= 1e-4
+    stock = generate(vlm, inputs)
+    assert (stock.logits[0] - out.logits[0]).abs().max() > 1e-4, "generate() must run the prefill under the policy"
+
+
+# --- (d) the light (merge) variant -----------------------------------------------------------------
+
+
+def test_merge_kernel_generates_and_leaves_text_prompts_alone(vlm):
+    merge = fm.Merge("kernel")
+    inputs = build_inputs(vlm, IMAGE_PROMPT)
+    length = inputs["input_ids"].shape[1]
+    with fm.apply(vlm.model, "future", merge=merge):
+        out = generate(vlm, inputs)
+        with torch.no_grad():
+            prefill = vlm.model(**inputs, use_cache=True)
+    tokens, step_logits = manual_greedy(vlm, inputs, prefill, NEW_TOKENS)
+    assert out.sequences[0, length:].tolist() == tokens
+    assert (out.logits[0][0] - logits_of(vlm, inputs)[0, -1]).abs().max() > 1e-4
+
+    text = build_inputs(vlm, TEXT_PROMPT)
+    with fm.apply(vlm.model, "future", merge=merge):
+        got = logits_of(vlm, text)
+        text_out = generate(vlm, text)
+    assert (got - logits_of(vlm, text)).abs().max() <= 1e-5
+    assert torch.equal(text_out.sequences, generate(vlm, text).sequences)
+
+
+# --- Gemma3: its own image-bidirectional mask stays under every policy -----------------------------
+
+
+def test_gemma3_keeps_its_image_blocks():
+    vlm = FAMILIES["gemma3"]()
+    inputs = build_inputs(vlm, ONE_IMAGE_PROMPT)
+    ids = inputs["input_ids"][0]
+    stock = logits_of(vlm, inputs)
+    plain_causal = torch.arange(len(ids))[None, :] <= torch.arange(len(ids))[:, None]
+    # the stock model is not plainly causal on image tokens ...
+    assert (dense_forward(vlm, inputs, plain_causal).logits - stock).abs().max() > 1e-3
+    # ... and with a single image, future_v2v adds nothing to Gemma3's own image block
+    with fm.apply(vlm.model, "future_v2v"):
+        assert (logits_of(vlm, inputs) - stock).abs().max() <= 1e-6
+    # while future_v2t adds the text after the image to the image rows, on top of the block
+    with fm.apply(vlm.model, "future_v2t"):
+        got = logits_of(vlm, inputs)
+    expected = dense_forward(vlm, inputs, definition_mask("future_v2t", ids, vlm)).logits
+    assert (got - expected).abs().max() <= 1e-5
