@@ -1,0 +1,261 @@
+"""Score MileBench predictions exactly as the official ``evaluate.py`` + ``score.py`` do.
+
+Layout of a run (written by the runner, or by any tool)::
+
+    <result_dir>/<Task>/pred.json              list of {"sample_id", "pred_response", "gt_response", ...}
+    <result_dir>/<Task>/eval.json              {"Accuracy" | "Rouge-L f": mean,
+                                                "image_quantity_level-Accuracy": {Few, Medium, Many},
+                                                "image_quantity_level-Result": {level: [sum, count]}}
+    <result_dir>/<Task>/eval_score.json        [{"id": "<sample_id>", "score": "<score>"}, ...]
+    <result_dir>/<Task>/pred_with_extracted.json   multi-choice tasks only: the normalised records with
+                                                   "choice_list", "extracted" and "result"
+    <result_dir>/result.json, result.csv       the run summary (:mod:`futuremask.eval.summary`)
+
+The data come from ``<data_dir>/<Task>/<Task>.json`` (``<Task>-adv.json`` with ``adv=True``). Every task
+is scored in memory first; files are written (atomically) only when all requested tasks succeed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .metrics import LEVELS, quantity_level, score_answer, scoring_rule
+from .normalize import normalize_answer
+from .options import extract_option
+from .summary import write_summary, write_text_atomic
+
+
+@dataclass
+class TaskScores:
+    """Everything the official scorer writes for one task.
+
+    Attributes:
+        task: task name.
+        rule: ``"needle"``, ``"substring"``, ``"rouge"`` or ``"choice"``.
+        eval: the ``eval.json`` dict.
+        sample_scores: the ``eval_score.json`` list (prediction order).
+        extracted: the ``pred_with_extracted.json`` records (``"choice"`` rule only, else ``None``).
+    """
+
+    task: str
+    rule: str
+    eval: dict[str, Any]
+    sample_scores: list[dict[str, str]]
+    extracted: list[dict[str, Any]] | None
+
+    @property
+    def metric(self) -> str:
+        """``"Rouge-L f"`` or ``"Accuracy"``."""
+        return next(iter(self.eval))
+
+    @property
+    def score(self) -> float:
+        """The task's mean score in [0, 1]."""
+        return float(self.eval[self.metric])
+
+
+def _id_key(value: Any) -> Any:
+    """Sample ids compare as integers when they look like integers (the official code calls ``int``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return str(value)
+
+
+def _check_text(value: Any, field: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: {field} must be a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def score_task(task: str, annotation: dict[str, Any], predictions: list[dict[str, Any]]) -> TaskScores:
+    """Score one task's predictions against its annotation file, without touching the disk.
+
+    Args:
+        task: the task name (decides the needle / MMCoQA rules).
+        annotation: the parsed ``<Task>.json`` (``{"meta_data": {...}, "data": [...]}``).
+        predictions: the parsed ``pred.json`` records; not modified.
+
+    Raises:
+        ValueError: empty predictions, a count different from the data count, a missing or duplicated
+            sample id, a gold answer outside the choices, a non-string response.
+    """
+    meta = annotation.get("meta_data", {})
+    if "question_type" not in meta:
+        raise ValueError(f"{task}: meta_data has no 'question_type' (expected 'open-ended' or 'multi-choice')")
+    rule = scoring_rule(task, meta["question_type"])
+    data = annotation.get("data")
+    if not isinstance(data, list):
+        raise ValueError(f"{task}: the annotation file has no 'data' list")
+    if not predictions:
+        raise ValueError(f"{task}: pred.json holds no predictions")
+    if len(predictions) != len(data):
+        raise ValueError(
+            f"{task}: pred.json has {len(predictions)} predictions but the data has {len(data)} samples; "
+            "finish (or re-run) the generation for every sample before scoring"
+        )
+
+    records = [copy.deepcopy(dict(rec)) for rec in predictions]
+    by_id: dict[Any, dict[str, Any]] = {}
+    for rec in records:
+        if "sample_id" not in rec:
+            raise ValueError(f"{task}: a prediction has no 'sample_id': {rec!r:.200}")
+        key = _id_key(rec["sample_id"])
+        if key in by_id:
+            raise ValueError(f"{task}: sample_id {rec['sample_id']!r} appears twice in pred.json")
+        by_id[key] = rec
+
+    for sample in data:
+        where = f"{task} sample {sample.get('sample_id')!r}"
+        rec = by_id.get(_id_key(sample.get("sample_id")))
+        if rec is None:
+            raise ValueError(f"{where}: no prediction with this sample_id in pred.json")
+        instance = sample.get("task_instance", {})
+        if rule == "choice":
+            if "choice_list" not in instance:
+                raise ValueError(f"{where}: multi-choice task without task_instance.choice_list")
+            rec["choice_list"] = list(instance["choice_list"])
+        images = instance.get("images_path")
+        if not isinstance(images, list):
+            raise ValueError(f"{where}: task_instance.images_path is missing or not a list")
+        rec["image_quantity_level"] = sample.get("image_quantity_level", quantity_level(len(images)))
+        rec["image"] = list(images)
+        if "gt_response" not in rec:  # predictions from other tools may omit it: use the data's answer
+            rec["gt_response"] = str(sample.get("response"))
+
+    per_level: dict[str, list[float | int]] = {level: [] for level in LEVELS}
+    sample_scores: list[dict[str, str]] = []
+    scores: list[float | int] = []
+    for rec in records:
+        where = f"{task} sample {rec['sample_id']!r}"
+        gold = _check_text(rec["gt_response"], "gt_response", where)
+        pred = _check_text(rec.get("pred_response"), "pred_response", where)
+        try:
+            score, extracted = score_answer(rule, pred, gold, rec.get("choice_list"))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{where}: {err}") from err
+        if rule == "choice":
+            rec["gt_response"] = normalize_answer(gold)
+            rec["pred_response"] = normalize_answer(pred)
+            rec["choice_list"] = [normalize_answer(choice) for choice in rec["choice_list"]]
+            rec["extracted"] = extracted
+        if rule != "rouge":
+            rec["result"] = score
+        scores.append(score)
+        per_level[quantity_level(len(rec["image"]))].append(score)
+        shown = round(score, 3) if rule == "rouge" else score
+        sample_scores.append({"id": str(rec["sample_id"]), "score": str(shown)})
+
+    metric, value = ("Rouge-L f", float(np.mean(scores))) if rule == "rouge" else ("Accuracy", sum(scores) / len(scores))
+    eval_result = {
+        metric: value,
+        "image_quantity_level-Accuracy": {k: float(np.mean(v)) if v else 0 for k, v in per_level.items()},
+        "image_quantity_level-Result": {k: [sum(v), len(v)] for k, v in per_level.items()},
+    }
+    return TaskScores(task, rule, eval_result, sample_scores, records if rule == "choice" else None)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: malformed JSON in {what} ({err})") from err
+
+
+def load_annotation(data_dir: str | os.PathLike, task: str, adv: bool = False) -> dict[str, Any]:
+    """Read ``<data_dir>/<task>/<task>.json`` (or ``<task>-adv.json``)."""
+    path = Path(data_dir) / task / (f"{task}-adv.json" if adv else f"{task}.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"unknown task {task!r}: no annotation file {path}")
+    annotation = _read_json(path, "the annotation file")
+    if not isinstance(annotation, dict) or "data" not in annotation:
+        raise ValueError(f"{path}: expected {{'meta_data': ..., 'data': [...]}}")
+    return annotation
+
+
+def load_predictions(result_dir: str | os.PathLike, task: str) -> list[dict[str, Any]]:
+    """Read ``<result_dir>/<task>/pred.json``."""
+    path = Path(result_dir) / task / "pred.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{task}: no prediction file {path}; run `futuremask eval` for this task first"
+        )
+    preds = _read_json(path, "the predictions")
+    if not isinstance(preds, list):
+        raise ValueError(f"{path}: expected a JSON list of prediction records")
+    return preds
+
+
+def find_tasks(result_dir: str | os.PathLike) -> list[str]:
+    """Tasks under ``result_dir`` that hold a ``pred.json``, sorted by name."""
+    return sorted(path.parent.name for path in Path(result_dir).glob("*/pred.json"))
+
+
+def write_task_scores(result_dir: str | os.PathLike, scores: TaskScores) -> None:
+    """Write ``eval.json``, ``eval_score.json`` and (multi-choice) ``pred_with_extracted.json``."""
+    folder = Path(result_dir) / scores.task
+    if scores.extracted is not None:
+        write_text_atomic(folder / "pred_with_extracted.json", json.dumps(scores.extracted, indent=4))
+    write_text_atomic(folder / "eval.json", json.dumps(scores.eval))
+    write_text_atomic(folder / "eval_score.json", json.dumps(scores.sample_scores, indent=4))
+
+
+def score_run(
+    data_dir: str | os.PathLike,
+    result_dir: str | os.PathLike,
+    tasks: list[str] | None = None,
+    *,
+    adv: bool = False,
+) -> dict[str, Any]:
+    """Score a run folder and write the per-task files and ``result.json`` / ``result.csv``.
+
+    Args:
+        data_dir: MileBench-format data root (``<data_dir>/<Task>/<Task>.json``).
+        result_dir: the run folder, ``<output_dir>/<run_name>``, holding ``<Task>/pred.json``.
+        tasks: the tasks to score; by default every task folder with a ``pred.json``.
+        adv: score against the adversarial ``<Task>-adv.json`` files.
+
+    Returns:
+        The summary written to ``result.json``: ``{run_name: {category: {task: eval.json dict}}}``; it
+        holds every task of the run folder that has an ``eval.json``, not only the ones scored now.
+    """
+    result_dir = Path(result_dir)
+    if not result_dir.is_dir():
+        raise FileNotFoundError(f"result directory {result_dir} does not exist")
+    if not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"data directory {data_dir} does not exist")
+    names = list(tasks) if tasks else find_tasks(result_dir)
+    if not names:
+        raise FileNotFoundError(f"no <Task>/pred.json under {result_dir}; nothing to score")
+    results = [
+        score_task(task, load_annotation(data_dir, task, adv), load_predictions(result_dir, task))
+        for task in tqdm(names, desc="scoring", unit="task", disable=len(names) < 2)
+    ]
+    for scores in results:
+        write_task_scores(result_dir, scores)
+    return write_summary(result_dir)
+
+
+__all__ = [
+    "TaskScores",
+    "extract_option",
+    "find_tasks",
+    "load_annotation",
+    "load_predictions",
+    "normalize_answer",
+    "score_answer",
+    "score_run",
+    "score_task",
+    "write_task_scores",
+]
