@@ -12,6 +12,7 @@ import sys
 
 COMMAND_MODULES = [
     "futuremask.cli_policies",
+    "futuremask.eval.cli_eval",
 ]
 
 

@@ -1,0 +1,147 @@
+"""``futuremask eval``: run a VLM over MileBench-format data under several mask policies, then score.
+
+Examples::
+
+    futuremask eval --demo --limit 8
+    futuremask eval --data-dir data/MileBench --model llava-hf/llava-1.5-7b-hf \\
+        --policy causal future future_v2v future_v2t --tasks temporal --batch-size 4
+    accelerate launch --num_processes 4 -m futuremask.cli eval --data-dir data/MileBench --model ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DEMO_POLICIES = ("causal", "future", "future_v2v", "future_v2t", "mma")
+PAPER_POLICIES = ["causal", "future", "future_v2v", "future_v2t"]
+DEMO_SAMPLES = 24
+DEMO_MAX_NEW_TOKENS = 8
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="generate MileBench predictions under mask policies, score them and print a comparison",
+        description="Run a Hugging Face VLM over MileBench-format data once per mask policy, write "
+                    "<output-dir>/<model>__<policy>/<Task>/pred.json, score them with the official rules and "
+                    "print a tasks x policies table. Interrupted runs resume where they stopped.",
+    )
+    p.add_argument("--demo", action="store_true",
+                   help="offline demo: generate a small benchmark, run every policy with the tiny demo VLM, score")
+    p.add_argument("--data-dir", help="MileBench folder holding <Task>/<Task>.json and <Task>/images/")
+    p.add_argument("--model", help="local path or Hugging Face hub id of a VLM (AutoModelForImageTextToText)")
+    p.add_argument("--policy", nargs="+", default=None, metavar="POLICY",
+                   help=f"one or several mask policies (default: {' '.join(PAPER_POLICIES)}; demo: all)")
+    p.add_argument("--merge", "--compress-future", dest="merge", choices=["kernel", "lse"], default=None,
+                   help="light future-aware attention: fold the future into the sink (kernel = the paper's)")
+    p.add_argument("--backend", choices=["auto", "sdpa", "eager", "flex"], default="auto")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="task names and/or groups: temporal, semantic, diagnostic, all (default: all present)")
+    p.add_argument("--adv", action="store_true", help="use the adversarial <Task>-adv.json files")
+    p.add_argument("--limit", type=int, default=None, help="only the first N samples of each task")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per generate() call (default 1; demo 8)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 512 (the paper's); demo 8")
+    p.add_argument("--max-context-len", type=int, default=None,
+                   help="prompt budget for MileBench's left truncation (default: min(4096, model positions))")
+    p.add_argument("--tokens-per-image", type=int, default=None,
+                   help="tokens counted per image when truncating (default: measured with the processor)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="model dtype (auto: the checkpoint's on GPU, float32 on CPU)")
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0, ...")
+    p.add_argument("--output-dir", default="outputs", help="runs go to <output-dir>/<model>__<policy>[__merge-<kind>]")
+    p.add_argument("--overwrite", action="store_true", help="regenerate instead of resuming existing predictions")
+    p.add_argument("--no-score", action="store_true", help="only generate pred.json files")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=run)
+
+
+def _device(name: str) -> str:
+    import os
+
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+def load_model(model_id: str, dtype: str = "auto", device: str = "auto"):
+    """``(model, processor)`` for a local path or hub id, through ``AutoModelForImageTextToText``/``AutoProcessor``."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device = _device(device)
+    if dtype == "auto":
+        torch_dtype = "auto" if device.startswith("cuda") else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype)
+    processor = AutoProcessor.from_pretrained(model_id)
+    model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch_dtype).to(device).eval()
+    return model, processor
+
+
+def _score_and_report(
+    data_dir: Path, runs: list[Path], tasks, output_dir: Path, complete: bool, adv: bool = False
+) -> None:
+    if not complete:
+        print("Predictions written. --limit covers only part of the data, and the official scorer needs every "
+              "sample, so scoring is skipped (run without --limit, or `futuremask score` on a full run).")
+        return
+    from .report import build_report
+    from .scoring import score_run
+
+    for run_dir in runs:
+        score_run(data_dir, run_dir, [t.name for t in tasks], adv=adv)
+    print(build_report(output_dir))
+
+
+def run(args: argparse.Namespace) -> int:
+    from .data import load_tasks
+    from .runner import RunConfig, evaluate, shard_from_env
+
+    rank, world = shard_from_env()
+    output_dir = Path(args.output_dir)
+    if args.demo:
+        from .demo import DEMO_CHECKPOINT, generate_demo_data, load_demo_model
+
+        data_dir = output_dir / "demo-data"
+        runs_dir = output_dir / "demo"
+        if rank == 0:
+            generate_demo_data(data_dir, samples_per_task=args.limit or DEMO_SAMPLES)
+        model, processor = load_demo_model()
+        model_name = "demo-vlm" if DEMO_CHECKPOINT.is_dir() and (DEMO_CHECKPOINT / "config.json").exists() \
+            else "tiny-llava-random"
+        policies = args.policy or list(DEMO_POLICIES)
+        tasks = load_tasks(data_dir, args.tasks)
+        overwrite, batch_size = True, args.batch_size or 8
+        max_new_tokens = args.max_new_tokens or DEMO_MAX_NEW_TOKENS
+    else:
+        if not args.data_dir or not args.model:
+            raise ValueError("futuremask eval needs --data-dir and --model (or --demo for the offline demo)")
+        data_dir, runs_dir = Path(args.data_dir), output_dir
+        tasks = load_tasks(data_dir, args.tasks, limit=args.limit, adv=args.adv)  # validates before any write
+        model, processor = load_model(args.model, args.dtype, args.device)
+        model_name, policies = args.model, args.policy or PAPER_POLICIES
+        overwrite, batch_size = args.overwrite, args.batch_size or 1
+        max_new_tokens = args.max_new_tokens or 512
+    if args.demo and args.device != "auto":
+        model = model.to(args.device)
+    config = RunConfig(
+        model=model_name, policy=policies[0], merge=args.merge, backend=args.backend, max_new_tokens=max_new_tokens,
+        max_context_len=args.max_context_len, tokens_per_image=args.tokens_per_image, adv=args.adv and not args.demo,
+        batch_size=batch_size, overwrite=overwrite, progress=not args.no_progress and rank == 0, rank=rank,
+        world_size=world,
+    )
+    runs = evaluate(model, processor, tasks, policies, runs_dir, config)
+    if rank != 0:
+        return 0
+    for run_dir in runs:
+        print(f"wrote {run_dir}", file=sys.stderr)
+    if not args.no_score:
+        complete = all(len(t.samples) == t.total for t in tasks)
+        _score_and_report(data_dir, runs, tasks, runs_dir, complete, adv=config.adv)
+    return 0

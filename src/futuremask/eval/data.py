@@ -1,0 +1,219 @@
+"""MileBench data on disk: task discovery, groups, loading and validation.
+
+A task lives in ``<data_dir>/<Task>/<Task>.json`` (or ``<Task>-adv.json``) with its images under
+``<data_dir>/<Task>/images/``. Loading validates everything a run needs *before* anything is generated
+or written, and every problem is a :class:`DataError` that names the file and the sample.
+Images are not opened here; a :class:`Sample` only holds their paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TEMPORAL = (
+    "ActionLocalization", "ActionPrediction", "ActionSequence", "CharacterOrder", "CounterfactualInference",
+    "EgocentricNavigation", "MovingAttribute", "MovingDirection", "ObjectExistence", "ObjectInteraction",
+    "ObjectShuffle", "SceneTransition", "StateChange",
+)
+SEMANTIC = (
+    "ALFRED", "CLEVR-Change", "DocVQA", "IEdit", "MMCoQA", "MultiModalQA", "nuscenes", "OCR-VQA",
+    "SlideVQA", "Spot-the-Diff", "TQA", "WebQA", "WikiVQA",
+)
+DIAGNOSTIC = ("TextNeedleInAHaystack", "ImageNeedleInAHaystack", "GPR1200")
+TASK_GROUPS: dict[str, tuple[str, ...]] = {"temporal": TEMPORAL, "semantic": SEMANTIC, "diagnostic": DIAGNOSTIC}
+QUESTION_TYPES = ("open-ended", "multi-choice")
+PLACEHOLDER_RE = re.compile(r"\{(image|table)#(\d+)\}")
+
+
+class DataError(ValueError):
+    """A benchmark file or sample that cannot be used; the message names the file, the sample and the fix."""
+
+
+@dataclass
+class Sample:
+    """One benchmark sample, validated; images are paths, opened only when the prompt is built."""
+
+    task: str
+    index: int  # position in the task file
+    sample_id: Any  # as in the file (int-like); the key of pred.json records
+    instruction: str
+    context: str
+    image_paths: list[str]  # <data_dir>/<Task>/images/<p>, in the file's order
+    response: str
+    choice_list: list[str] | None
+    raw: dict = field(repr=False, default_factory=dict)
+
+
+@dataclass
+class Task:
+    """A loaded task: its file, question type, instructions and (possibly limited) samples."""
+
+    name: str
+    path: Path
+    question_type: str
+    instructions: list[str]
+    samples: list[Sample]
+    total: int  # number of samples in the file, before --limit
+
+
+def task_file(data_dir: str | os.PathLike, task: str, adv: bool = False) -> Path:
+    """``<data_dir>/<task>/<task>.json`` (``<task>-adv.json`` with ``adv``)."""
+    return Path(data_dir) / task / (f"{task}-adv.json" if adv else f"{task}.json")
+
+
+def available_tasks(data_dir: str | os.PathLike, adv: bool = False) -> list[str]:
+    """Task folders of ``data_dir`` that hold their task file, sorted by name."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"data dir {str(root)!r} does not exist; pass --data-dir with the MileBench folder")
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and task_file(root, p.name, adv).is_file())
+
+
+def resolve_tasks(data_dir: str | os.PathLike, tasks: list[str] | None = None, adv: bool = False) -> list[str]:
+    """Expand task names and groups (``temporal``, ``semantic``, ``diagnostic``, ``all``) into task names.
+
+    ``all`` (the default) is every task folder present. A group keeps the tasks of that group that are
+    present. A task named explicitly must be present.
+    """
+    present = available_tasks(data_dir, adv)
+    names: list[str] = []
+    for item in tasks or ["all"]:
+        if item == "all":
+            chosen = present
+        elif item in TASK_GROUPS:
+            chosen = [t for t in TASK_GROUPS[item] if t in present]
+            if not chosen:
+                raise DataError(f"no task of group {item!r} found in {str(data_dir)!r} (looked for {TASK_GROUPS[item]})")
+        else:
+            if item not in present:
+                raise DataError(
+                    f"task {item!r}: {str(task_file(data_dir, item, adv))!r} not found; tasks present: "
+                    f"{', '.join(present) or 'none'}; groups: {', '.join(TASK_GROUPS)}, all"
+                )
+            chosen = [item]
+        names.extend(t for t in chosen if t not in names)
+    if not names:
+        raise DataError(f"no MileBench task found in {str(data_dir)!r} (expected <Task>/<Task>.json folders)")
+    return names
+
+
+def _fail(path: Path, where: str, problem: str) -> DataError:
+    return DataError(f"{path}: {where}: {problem}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err}") from err
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from err
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        raise DataError(f'{path}: not a MileBench task file (expected {{"meta_data": {{...}}, "data": [...]}})')
+    return payload
+
+
+def _norm(text: str) -> str:
+    return " ".join(str(text).split()).lower()
+
+
+def _sample(path: Path, task: str, index: int, raw: Any, instructions: list[str], question_type: str) -> Sample:
+    if not isinstance(raw, dict) or "sample_id" not in raw:
+        raise _fail(path, f"sample #{index}", "not an object with a 'sample_id'")
+    sid = raw["sample_id"]
+    where = f"sample {sid!r} (#{index})"
+    try:
+        int(sid)
+    except (TypeError, ValueError):
+        raise _fail(path, where, "sample_id must be an integer (the official scorer keys samples by int)") from None
+    inst = raw.get("task_instance")
+    if not isinstance(inst, dict) or not isinstance(inst.get("context"), str):
+        raise _fail(path, where, "missing task_instance.context (a string)")
+    images = inst.get("images_path", [])
+    if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+        raise _fail(path, where, "task_instance.images_path must be a list of file names")
+    tid = raw.get("task_instruction_id", 0)
+    if not isinstance(tid, int) or not 0 <= tid < len(instructions):
+        raise _fail(path, where, f"task_instruction_id {tid!r} is not an index into the {len(instructions)} "
+                                 "meta_data.task_instruction entries")
+    for kind, k in PLACEHOLDER_RE.findall(inst["context"]):
+        if not 1 <= int(k) <= len(images):
+            raise _fail(path, where, f"placeholder {{{kind}#{k}}} but the sample has {len(images)} image(s) "
+                                     "(placeholders are 1-based indices into images_path)")
+    image_dir = path.parent / "images"
+    full = [str(image_dir / p) for p in images]
+    for name, p in zip(images, full, strict=True):
+        if not os.path.isfile(p):
+            raise _fail(path, where, f"image {name!r} not found at {p}")
+    if "response" not in raw:
+        raise _fail(path, where, "missing 'response' (the gold answer)")
+    response = str(raw["response"])
+    choices = inst.get("choice_list")
+    if choices is not None:
+        if not isinstance(choices, list) or not choices:
+            raise _fail(path, where, "choice_list must be a non-empty list")
+        choices = [str(c) for c in choices]
+    if question_type == "multi-choice":
+        if choices is None:
+            raise _fail(path, where, "multi-choice task but the sample has no task_instance.choice_list")
+        if _norm(response) not in {_norm(c) for c in choices}:
+            raise _fail(path, where, f"answer {response!r} is not among the choices {choices}")
+    return Sample(task=task, index=index, sample_id=sid, instruction=instructions[tid], context=inst["context"],
+                  image_paths=full, response=response, choice_list=choices, raw=raw)
+
+
+def load_task(data_dir: str | os.PathLike, task: str, limit: int | None = None, adv: bool = False) -> Task:
+    """Load and validate one task (its first ``limit`` samples when given).
+
+    Raises:
+        DataError: malformed JSON, a missing image, a placeholder index out of range, a multiple-choice
+            answer not among its choices, a duplicate sample_id, ...; the message names file and sample.
+    """
+    path = task_file(data_dir, task, adv)
+    if not path.is_file():
+        raise DataError(f"{path}: task file not found")
+    payload = _read_json(path)
+    meta = payload.get("meta_data") or {}
+    instructions = meta.get("task_instruction")
+    if isinstance(instructions, str):
+        instructions = [instructions]
+    if not isinstance(instructions, list) or not instructions:
+        raise DataError(f"{path}: meta_data.task_instruction must be a non-empty list of strings")
+    question_type = meta.get("question_type")
+    if question_type not in QUESTION_TYPES:
+        raise DataError(f"{path}: meta_data.question_type is {question_type!r}; expected one of {QUESTION_TYPES}")
+    records = payload["data"]
+    if limit is not None:
+        if limit < 1:
+            raise DataError(f"--limit must be at least 1, got {limit}")
+        records = records[:limit]
+    samples, seen = [], set()
+    for index, raw in enumerate(records):
+        sample = _sample(path, task, index, raw, instructions, question_type)
+        key = int(sample.sample_id)
+        if key in seen:
+            raise _fail(path, f"sample {sample.sample_id!r} (#{index})", "duplicate sample_id")
+        seen.add(key)
+        samples.append(sample)
+    return Task(name=task, path=path, question_type=question_type, instructions=instructions,
+                samples=samples, total=len(payload["data"]))
+
+
+def load_tasks(
+    data_dir: str | os.PathLike, tasks: list[str] | None = None, limit: int | None = None, adv: bool = False
+) -> list[Task]:
+    """Resolve names/groups and load every task, validating all of them before returning."""
+    return [load_task(data_dir, name, limit=limit, adv=adv) for name in resolve_tasks(data_dir, tasks, adv)]
+
+
+__all__ = [
+    "DIAGNOSTIC", "SEMANTIC", "TASK_GROUPS", "TEMPORAL", "DataError", "Sample", "Task",
+    "available_tasks", "load_task", "load_tasks", "resolve_tasks", "task_file",
+]

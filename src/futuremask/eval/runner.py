@@ -1,0 +1,342 @@
+"""Generate MileBench predictions under one or several mask policies, with resume and sharding.
+
+Layout of a run (one per policy, and merge when given)::
+
+    <output_dir>/<run_name>/run.json              settings: model, policy, merge, backend, ...
+    <output_dir>/<run_name>/<Task>/pred.json      official records, in the data file's order
+    <output_dir>/<run_name>/<Task>/pred.partial/  finished batches while the task runs (part-NNNNN.json)
+
+Every file is written atomically (temporary file, then rename). An interrupted run is resumed by
+running the same command again: finished samples are read back from ``pred.json`` and the partial
+batches and are never generated again. Under ``accelerate launch`` (or any launcher that sets
+``RANK``/``WORLD_SIZE``) rank ``r`` takes samples ``r, r + W, ...`` of each task, writes
+``pred.rank<r>.json`` when its shard is done, and rank 0 merges the shards into ``pred.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import Sample, Task
+from .prompts import Prompt, build_prompt, count_image_tokens
+
+DEFAULT_CONTEXT_LEN = 4096  # the paper's budget for LLaVA-1.5 (capped by the model's positions)
+SETTINGS_KEYS = ("model", "policy", "merge", "backend", "max_new_tokens", "max_context_len",
+                 "tokens_per_image", "adv", "gen_kwargs")
+
+
+# --- names and files ---------------------------------------------------------------------------------
+
+
+def model_slug(model: str) -> str:
+    """A folder-safe name for a model path or hub id (its last path component)."""
+    name = str(model).rstrip("/\\").replace("\\", "/").split("/")[-1] or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+def run_name(model: str, policy: str, merge: str | None = None) -> str:
+    """``<model_slug>__<policy>`` plus ``__merge-<kind>`` with a merge."""
+    name = f"{model_slug(model)}__{policy}"
+    return f"{name}__merge-{merge}" if merge else name
+
+
+def write_json_atomic(path: Path, payload: Any, indent: int | None = 4) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, ensure_ascii=False, indent=indent)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_records(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _partial_dir(task_dir: Path, rank: int | None) -> Path:
+    return task_dir / ("pred.partial" if rank is None else f"pred.rank{rank}.partial")
+
+
+def _finished(task_dir: Path) -> dict[int, dict]:
+    """Every finished record of a task folder: pred.json, shard files and partial batches, by int sample_id."""
+    files = [task_dir / "pred.json", *sorted(task_dir.glob("pred.rank*.json"))]
+    for part_dir in sorted(task_dir.glob("pred*.partial")):
+        files.extend(sorted(part_dir.glob("part-*.json")))
+    done: dict[int, dict] = {}
+    for path in files:
+        if path.is_file():
+            for record in _read_records(path):
+                done[int(record["sample_id"])] = record
+    return done
+
+
+def _ordered(task: Task, done: dict[int, dict]) -> list[dict]:
+    """Records in the data file's order; records of samples outside the selection (kept, never lost) last."""
+    selected = [int(s.sample_id) for s in task.samples]
+    rest = sorted(k for k in done if k not in set(selected))
+    return [done[k] for k in selected if k in done] + [done[k] for k in rest]
+
+
+def _clear(task_dir: Path, rank: int | None, world: int) -> None:
+    """Remove this process's previous outputs of a task (``--overwrite``)."""
+    shutil.rmtree(_partial_dir(task_dir, rank if world > 1 else None), ignore_errors=True)
+    if world > 1:
+        (task_dir / f"pred.rank{rank}.json").unlink(missing_ok=True)
+    if not rank:
+        (task_dir / "pred.json").unlink(missing_ok=True)
+
+
+# --- generation ---------------------------------------------------------------------------------------
+
+
+def _load_images(paths: Sequence[str]):
+    from PIL import Image
+
+    images = []
+    for p in paths:
+        with Image.open(p) as im:
+            images.append(im.convert("RGB"))
+    return images
+
+
+def _model_inputs(model, processor, prompts: Sequence[Prompt]) -> dict:
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer.padding_side = "left"
+    texts = [p.text for p in prompts]
+    images = [_load_images(p.image_paths) for p in prompts]
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and all(t.startswith(bos) for t in texts))
+    kwargs = dict(text=texts, padding=True, return_tensors="pt", add_special_tokens=add_special)
+    if any(images):
+        kwargs["images"] = images
+    inputs = processor(**kwargs)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) if torch.is_tensor(v) else v
+            for k, v in inputs.items()}
+
+
+@torch.no_grad()
+def generate_batch(model, processor, prompts: Sequence[Prompt], gen_kwargs: dict) -> list[str]:
+    """Greedy answers for a batch of prompts (left padded), decoded without special tokens and stripped."""
+    inputs = _model_inputs(model, processor, prompts)
+    out = model.generate(**inputs, **gen_kwargs)
+    new = out[:, inputs["input_ids"].shape[1]:]
+    return [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
+
+
+def _batches(prompts: list[Prompt], batch_size: int) -> list[list[Prompt]]:
+    """Group prompts by image count (the data order inside a group), then cut into batches."""
+    groups: dict[int, list[Prompt]] = {}
+    for p in prompts:
+        groups.setdefault(len(p.image_paths), []).append(p)
+    return [g[i:i + batch_size] for n in sorted(groups) for g in [groups[n]] for i in range(0, len(g), batch_size)]
+
+
+# --- runs ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    """What a run generates with; everything in :data:`SETTINGS_KEYS` goes to ``run.json``."""
+
+    model: str
+    policy: str
+    merge: str | None = None
+    backend: str = "auto"
+    max_new_tokens: int = 512
+    max_context_len: int | None = None  # None: min(4096, the model's max positions)
+    tokens_per_image: int | None = None  # None: measured with the processor on each task's first image
+    adv: bool = False
+    batch_size: int = 1
+    overwrite: bool = False
+    progress: bool = True
+    rank: int = 0
+    world_size: int = 1
+    merge_timeout_s: float = 24 * 3600.0
+
+    @property
+    def gen_kwargs(self) -> dict:
+        return {"max_new_tokens": self.max_new_tokens, "min_new_tokens": 1, "do_sample": False, "num_beams": 1}
+
+    def settings(self) -> dict:
+        values = {k: getattr(self, k) for k in SETTINGS_KEYS}
+        values["tokens_per_image"] = self.tokens_per_image if self.tokens_per_image is not None else "auto"
+        return values
+
+
+def shard_from_env() -> tuple[int, int]:
+    """``(rank, world_size)`` from ``RANK``/``WORLD_SIZE`` (set by ``accelerate launch``/``torchrun``), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is not within WORLD_SIZE={world}")
+    return rank, world
+
+
+def _context_len(model, config: RunConfig) -> int:
+    if config.max_context_len is not None:
+        return config.max_context_len
+    text = getattr(model.config, "text_config", None) or model.config
+    return min(DEFAULT_CONTEXT_LEN, int(getattr(text, "max_position_embeddings", DEFAULT_CONTEXT_LEN)))
+
+
+def _prepare_run_dir(run_dir: Path, config: RunConfig, tasks: Sequence[Task]) -> None:
+    """Write (or check) ``run.json``: a run folder never mixes predictions made with different settings."""
+    path = run_dir / "run.json"
+    settings = config.settings()
+    names = [t.name for t in tasks]
+    if path.is_file() and not config.overwrite:
+        old = json.loads(path.read_text())
+        changed = [k for k in SETTINGS_KEYS if old.get(k) != settings[k]]
+        if changed:
+            raise ValueError(
+                f"{run_dir} holds predictions made with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in changed)}); "
+                "pass --overwrite to replace them, or another --output-dir"
+            )
+        names = sorted(set(old.get("tasks", [])) | set(names))
+    elif path.is_file():
+        old = json.loads(path.read_text())
+        if all(old.get(k) == settings[k] for k in SETTINGS_KEYS):
+            names = sorted(set(old.get("tasks", [])) | set(names))
+    if config.rank == 0:
+        write_json_atomic(path, {**settings, "tasks": sorted(names)})
+
+
+def run_task(model, processor, task: Task, run_dir: Path, config: RunConfig) -> Path | None:
+    """Generate the missing predictions of one task into ``run_dir/<Task>``; return pred.json (rank 0)."""
+    task_dir = run_dir / task.name
+    task_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = config.rank, config.world_size
+    if config.overwrite:
+        _clear(task_dir, rank, world)
+    done = _finished(task_dir)
+    selected = {int(s.sample_id) for s in task.samples}
+    if (task_dir / "pred.json").is_file() and selected <= set(_finished_main(task_dir)):
+        return task_dir / "pred.json" if rank == 0 else None
+    mine = [s for i, s in enumerate(task.samples) if i % world == rank]
+    todo = [s for s in mine if int(s.sample_id) not in done]
+    if todo:
+        _generate(model, processor, task, todo, task_dir, config)
+        done = _finished(task_dir)
+    if world == 1:
+        return _finish(task, task_dir, done)
+    write_json_atomic(task_dir / f"pred.rank{rank}.json", [done[int(s.sample_id)] for s in mine])
+    shutil.rmtree(_partial_dir(task_dir, rank), ignore_errors=True)
+    if rank != 0:
+        return None
+    _wait_for_shards(task_dir, world, config.merge_timeout_s)
+    return _finish(task, task_dir, _finished(task_dir))
+
+
+def _finished_main(task_dir: Path) -> dict[int, dict]:
+    return {int(r["sample_id"]): r for r in _read_records(task_dir / "pred.json")}
+
+
+def _finish(task: Task, task_dir: Path, done: dict[int, dict]) -> Path:
+    missing = [s.sample_id for s in task.samples if int(s.sample_id) not in done]
+    if missing:
+        raise RuntimeError(f"{task.name}: no prediction for samples {missing[:10]} after all shards finished")
+    out = task_dir / "pred.json"
+    write_json_atomic(out, _ordered(task, done))
+    for path in task_dir.glob("pred.rank*.json"):
+        path.unlink(missing_ok=True)
+    for path in task_dir.glob("pred*.partial"):
+        shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
+def _wait_for_shards(task_dir: Path, world: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    wanted = [task_dir / f"pred.rank{r}.json" for r in range(world)]
+    while not all(p.is_file() for p in wanted):
+        if time.monotonic() > deadline:
+            absent = [p.name for p in wanted if not p.is_file()]
+            raise RuntimeError(f"rank 0 waited {timeout_s:.0f}s for {absent} in {task_dir}; did a rank fail?")
+        time.sleep(1.0)
+
+
+def _generate(model, processor, task: Task, todo: list[Sample], task_dir: Path, config: RunConfig) -> None:
+    tokens_per_image = config.tokens_per_image
+    if tokens_per_image is None:
+        first = next((p for s in task.samples for p in s.image_paths), None)
+        tokens_per_image = count_image_tokens(processor, _load_images([first])[0]) if first else 0
+    budget = _context_len(model, config)
+    prompts = [build_prompt(s, processor, budget, tokens_per_image) for s in todo]
+    part_dir = _partial_dir(task_dir, config.rank if config.world_size > 1 else None)
+    part_dir.mkdir(parents=True, exist_ok=True)
+    counter = len(list(part_dir.glob("part-*.json")))
+    bar = tqdm(total=len(prompts), desc=f"{config.policy} {task.name}", unit="sample", disable=not config.progress,
+               dynamic_ncols=True)
+    try:
+        for batch in _batches(prompts, config.batch_size):
+            answers = generate_batch(model, processor, batch, config.gen_kwargs)
+            records = [_record(p, a, config) for p, a in zip(batch, answers, strict=True)]
+            while (part_dir / f"part-{counter:05d}.json").exists():
+                counter += 1
+            write_json_atomic(part_dir / f"part-{counter:05d}.json", records, indent=None)
+            counter += 1
+            bar.update(len(batch))
+    finally:
+        bar.close()
+
+
+def _record(prompt: Prompt, answer: str, config: RunConfig) -> dict:
+    """A pred.json record with the official fields."""
+    return {
+        "sample_id": prompt.sample.sample_id,
+        "image": list(prompt.image_paths),
+        "question": prompt.question,
+        "gt_response": prompt.sample.response,
+        "gen_model_id": config.model,
+        "pred_response": answer,
+        "gen_kwargs": config.gen_kwargs,
+    }
+
+
+def evaluate(
+    model,
+    processor,
+    tasks: Sequence[Task],
+    policies: Sequence[str],
+    output_dir: str | os.PathLike,
+    config: RunConfig,
+) -> list[Path]:
+    """Run every policy over every task, reusing the loaded model; return the run folders.
+
+    Each policy is applied with :func:`futuremask.apply` for its run and removed afterwards. ``config``
+    gives everything but the policy (its ``policy`` field is replaced per run).
+    """
+    import futuremask as fm
+
+    runs = []
+    for policy in policies:
+        cfg = replace(config, policy=policy)
+        run_dir = Path(output_dir) / run_name(cfg.model, policy, cfg.merge)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _prepare_run_dir(run_dir, cfg, tasks)
+        handle = fm.apply(model, policy, merge=cfg.merge, backend=cfg.backend)
+        try:
+            for task in tasks:
+                run_task(model, processor, task, run_dir, cfg)
+        finally:
+            handle.remove()
+        runs.append(run_dir)
+    return runs
+
+
+__all__ = ["RunConfig", "evaluate", "generate_batch", "model_slug", "run_name", "run_task", "shard_from_env",
+           "write_json_atomic"]
