@@ -216,25 +216,44 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, tasks: Sequence[Task]) ->
         write_json_atomic(path, {**settings, "tasks": sorted(names)})
 
 
-def run_task(model, processor, task: Task, run_dir: Path, config: RunConfig) -> Path | None:
-    """Generate the missing predictions of one task into ``run_dir/<Task>``; return pred.json (rank 0)."""
+def _my_samples(task: Task, config: RunConfig) -> list[Sample]:
+    return [s for i, s in enumerate(task.samples) if i % config.world_size == config.rank]
+
+
+def remaining(task: Task, run_dir: Path, config: RunConfig) -> list[Sample]:
+    """The samples of this rank's shard that still need a prediction (all of them with ``overwrite``)."""
     task_dir = run_dir / task.name
-    task_dir.mkdir(parents=True, exist_ok=True)
+    mine = _my_samples(task, config)
+    if config.overwrite or not task_dir.is_dir():
+        return mine
+    if (task_dir / "pred.json").is_file():
+        main = _finished_main(task_dir)
+        if all(int(s.sample_id) in main for s in task.samples):
+            return []
+    done = _finished(task_dir)
+    return [s for s in mine if int(s.sample_id) not in done]
+
+
+def run_task(model, processor, task: Task, run_dir: Path, config: RunConfig, bar=None) -> Path | None:
+    """Generate the missing predictions of one task into ``run_dir/<Task>``; return pred.json (rank 0).
+
+    Args:
+        bar: a tqdm bar to advance per finished sample (one is made for the task when None).
+    """
+    task_dir = run_dir / task.name
     rank, world = config.rank, config.world_size
+    todo = remaining(task, run_dir, config)
+    task_dir.mkdir(parents=True, exist_ok=True)
     if config.overwrite:
         _clear(task_dir, rank, world)
-    done = _finished(task_dir)
-    selected = {int(s.sample_id) for s in task.samples}
-    if (task_dir / "pred.json").is_file() and selected <= set(_finished_main(task_dir)):
+    elif not todo and (task_dir / "pred.json").is_file():
         return task_dir / "pred.json" if rank == 0 else None
-    mine = [s for i, s in enumerate(task.samples) if i % world == rank]
-    todo = [s for s in mine if int(s.sample_id) not in done]
     if todo:
-        _generate(model, processor, task, todo, task_dir, config)
-        done = _finished(task_dir)
+        _generate(model, processor, task, todo, task_dir, config, bar)
+    done = _finished(task_dir)
     if world == 1:
         return _finish(task, task_dir, done)
-    write_json_atomic(task_dir / f"pred.rank{rank}.json", [done[int(s.sample_id)] for s in mine])
+    write_json_atomic(task_dir / f"pred.rank{rank}.json", [done[int(s.sample_id)] for s in _my_samples(task, config)])
     shutil.rmtree(_partial_dir(task_dir, rank), ignore_errors=True)
     if rank != 0:
         return None
@@ -269,7 +288,7 @@ def _wait_for_shards(task_dir: Path, world: int, timeout_s: float) -> None:
         time.sleep(1.0)
 
 
-def _generate(model, processor, task: Task, todo: list[Sample], task_dir: Path, config: RunConfig) -> None:
+def _generate(model, processor, task: Task, todo: list[Sample], task_dir: Path, config: RunConfig, bar) -> None:
     tokens_per_image = config.tokens_per_image
     if tokens_per_image is None:
         first = next((p for s in task.samples for p in s.image_paths), None)
@@ -279,8 +298,9 @@ def _generate(model, processor, task: Task, todo: list[Sample], task_dir: Path, 
     part_dir = _partial_dir(task_dir, config.rank if config.world_size > 1 else None)
     part_dir.mkdir(parents=True, exist_ok=True)
     counter = len(list(part_dir.glob("part-*.json")))
-    bar = tqdm(total=len(prompts), desc=f"{config.policy} {task.name}", unit="sample", disable=not config.progress,
-               dynamic_ncols=True)
+    own_bar = bar is None
+    if own_bar:
+        bar = _progress(len(prompts), f"{config.policy} {task.name}", config)
     try:
         for batch in _batches(prompts, config.batch_size):
             answers = generate_batch(model, processor, batch, config.gen_kwargs)
@@ -290,8 +310,15 @@ def _generate(model, processor, task: Task, todo: list[Sample], task_dir: Path, 
             write_json_atomic(part_dir / f"part-{counter:05d}.json", records, indent=None)
             counter += 1
             bar.update(len(batch))
+            bar.set_postfix_str(task.name, refresh=False)
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
+
+
+def _progress(total: int, desc: str, config: RunConfig):
+    """A tqdm bar in samples: shows samples/s and the ETA."""
+    return tqdm(total=total, desc=desc, unit="sample", disable=not config.progress, dynamic_ncols=True)
 
 
 def _record(prompt: Prompt, answer: str, config: RunConfig) -> dict:
@@ -324,19 +351,22 @@ def evaluate(
 
     runs = []
     for policy in policies:
-        cfg = replace(config, policy=policy)
+        cfg = replace(config, policy=policy, max_context_len=_context_len(model, config))
         run_dir = Path(output_dir) / run_name(cfg.model, policy, cfg.merge)
         run_dir.mkdir(parents=True, exist_ok=True)
         _prepare_run_dir(run_dir, cfg, tasks)
+        total = sum(len(remaining(task, run_dir, cfg)) for task in tasks)
+        label = policy + (f"+merge-{cfg.merge}" if cfg.merge else "")
         handle = fm.apply(model, policy, merge=cfg.merge, backend=cfg.backend)
         try:
-            for task in tasks:
-                run_task(model, processor, task, run_dir, cfg)
+            with _progress(total, label, cfg) as bar:
+                for task in tasks:
+                    run_task(model, processor, task, run_dir, cfg, bar)
         finally:
             handle.remove()
         runs.append(run_dir)
     return runs
 
 
-__all__ = ["RunConfig", "evaluate", "generate_batch", "model_slug", "run_name", "run_task", "shard_from_env",
-           "write_json_atomic"]
+__all__ = ["RunConfig", "evaluate", "generate_batch", "model_slug", "remaining", "run_name", "run_task",
+           "shard_from_env", "write_json_atomic"]
