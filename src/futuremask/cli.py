@@ -13,6 +13,9 @@ import sys
 COMMAND_MODULES = [
     "futuremask.cli_policies",
     "futuremask.eval.cli_eval",
+    "futuremask.eval.cli_score",
+    "futuremask.cli_viz",
+    "futuremask.cli_verify",
 ]
 
 

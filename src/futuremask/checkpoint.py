@@ -1,0 +1,134 @@
+"""Loading a user's checkpoint and building a sample prompt for it (used by ``verify`` and the pictures).
+
+A checkpoint needs its multimodal processor (tokenizer + image processor). A checkpoint without a
+chat template gets a plain prompt: the processor's image token followed by the question.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+DEFAULT_PROMPT = "what color is the circle in the image ?"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_processor(path: str) -> Any:
+    """The checkpoint's processor, or a ``ValueError`` that says what is missing and how to fix it."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except Exception as err:  # transformers raises OSError, ValueError, KeyError... depending on what is missing
+        raise ValueError(
+            f"{path}: could not load a processor ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            "futuremask needs the checkpoint's multimodal processor (tokenizer + image processor): "
+            "save it next to the weights with processor.save_pretrained(PATH)"
+        ) from err
+    if getattr(processor, "image_processor", None) is None:
+        raise ValueError(
+            f"{path}: the processor found is a {type(processor).__name__} with no image processor, so no image "
+            "can be fed. Save the model's full processor there with processor.save_pretrained(PATH)"
+        )
+    return processor
+
+
+def load_checkpoint(path: str, *, dtype: str = "float32", device: str | None = None) -> tuple[Any, Any]:
+    """``(model, processor)`` of a checkpoint directory or hub id, the model in eval mode on ``device``."""
+    from transformers import AutoModelForImageTextToText
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {tuple(DTYPES)}")
+    processor = load_processor(path)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype])
+    except Exception as err:
+        raise ValueError(
+            f"{path}: could not load it as an image-text-to-text model ({type(err).__name__}: "
+            f"{str(err).splitlines()[0]}). futuremask needs a decoder-only VLM checkpoint"
+        ) from err
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), processor
+
+
+def sample_image(size: int = 336) -> Any:
+    """A drawn test picture: a red circle, a blue square and a green triangle on white (PIL RGB)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    s = size / 12
+    draw.ellipse([1 * s, 1 * s, 5 * s, 5 * s], fill=(220, 30, 30))
+    draw.rectangle([7 * s, 2 * s, 11 * s, 6 * s], fill=(30, 60, 210))
+    draw.polygon([(2 * s, 11 * s), (6 * s, 7 * s), (10 * s, 11 * s)], fill=(30, 170, 60))
+    return img
+
+
+def open_image(path: str | os.PathLike) -> Any:
+    """An RGB PIL image from a file, with a clear error when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path).convert("RGB")
+    except (FileNotFoundError, UnidentifiedImageError) as err:
+        raise ValueError(f"cannot read image {os.fspath(path)!r}: {err}") from err
+
+
+def has_chat_template(processor: Any) -> bool:
+    tokenizer = getattr(processor, "tokenizer", None)
+    return bool(getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None))
+
+
+def prompt_text(processor: Any, prompt: str = DEFAULT_PROMPT, n_images: int = 1) -> str:
+    """The text of a one-turn user prompt with ``n_images`` images, ready for generation.
+
+    Uses the chat template when the processor has one, else ``"<image token> ... question"``.
+    """
+    if has_chat_template(processor):
+        content = [{"type": "image"}] * n_images + [{"type": "text", "text": prompt}]
+        messages = [{"role": "user", "content": content}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    image_token = getattr(processor, "image_token", None)
+    if not image_token:
+        raise ValueError(
+            f"{type(processor).__name__} has neither a chat template nor an image_token, so futuremask cannot "
+            "place the image in a prompt; give the processor a chat_template"
+        )
+    return " ".join([image_token] * n_images + [prompt])
+
+
+def sample_inputs(
+    processor: Any,
+    image: Any = None,
+    prompt: str | None = None,
+    *,
+    device: torch.device | str | None = None,
+    extra_prompts: list[str] | None = None,
+) -> Any:
+    """Processor outputs for one prompt (or a left-padded batch: ``prompt`` then ``extra_prompts``).
+
+    Args:
+        image: a PIL image (default: :func:`sample_image`), used once per prompt.
+        prompt: the question (default: :data:`DEFAULT_PROMPT`).
+
+    Returns:
+        The processor's ``BatchFeature`` (``input_ids [B, L]``, ``attention_mask``, pixels, ...) on ``device``.
+    """
+    image = sample_image() if image is None else image
+    prompts = [prompt or DEFAULT_PROMPT] + list(extra_prompts or [])
+    texts = [prompt_text(processor, p) for p in prompts]
+    tokenizer = getattr(processor, "tokenizer", None)
+    side = getattr(tokenizer, "padding_side", None)
+    if tokenizer is not None:
+        tokenizer.padding_side = "left"
+    try:
+        batch = processor(images=[image] * len(texts), text=texts, padding=len(texts) > 1, return_tensors="pt")
+    finally:
+        if tokenizer is not None and side is not None:
+            tokenizer.padding_side = side
+    return batch.to(device) if device is not None else batch
+
+
+__all__ = ["DEFAULT_PROMPT", "load_checkpoint", "load_processor", "open_image", "prompt_text", "sample_image", "sample_inputs"]
