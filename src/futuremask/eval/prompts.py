@@ -149,10 +149,12 @@ def chat_text(processor, question: str) -> str:
     """
     if getattr(processor, "chat_template", None) is None:
         return question.replace(IMAGE_SLOT, image_token_text(processor))
-    interleaves = getattr(processor, "_fm_interleaves", None)
-    if interleaves is None:
+    cached = getattr(processor, "_fm_interleaves", None)  # (template, answer): probed once per template
+    if cached is not None and cached[0] == processor.chat_template:
+        interleaves = cached[1]
+    else:
         interleaves = _template_interleaves(processor)
-        processor._fm_interleaves = interleaves
+        processor._fm_interleaves = (processor.chat_template, interleaves)
     if interleaves:
         content: list[dict] = []
         for i, text in enumerate(question.split(IMAGE_SLOT)):
