@@ -10,6 +10,7 @@ from .hf import BACKENDS, FutureMask, PromptSplitError, apply, continuation_logp
 from .layout import TokenLayout
 from .merge import Merge
 from .policies import POLICIES, build_mask, get_policy, register_policy
+from .viz import plot_mask
 
 __version__ = "0.1.0"
 
@@ -25,5 +26,6 @@ __all__ = [
     "build_mask",
     "continuation_logprob",
     "get_policy",
+    "plot_mask",
     "register_policy",
 ]
