@@ -1,0 +1,195 @@
+"""The generation runner: batching, resume, overwrite, sharding, settings guard."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import futuremask as fm
+from futuremask.eval import runner
+from futuremask.eval.data import load_tasks
+from futuremask.eval.demo import DEMO_WORDS, generate_demo_data
+from futuremask.eval.runner import RunConfig, evaluate, run_name
+from futuremask.tiny import tiny_llava
+
+TASKS = ["DemoColor", "DemoChange", "DemoCount"]  # 2-4 images per sample: several image-count groups
+
+
+@pytest.fixture(scope="module")
+def model_and_processor():
+    return tiny_llava(words=list(DEMO_WORDS), seed=0)
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generate_demo_data(root, samples_per_task=6, seed=1, tasks=TASKS)
+    for task in TASKS:  # vary the prompt lengths among samples with the same image count: batches need padding
+        path = root / task / f"{task}.json"
+        payload = json.loads(path.read_text())
+        for i, sample in enumerate(payload["data"]):
+            sample["task_instance"]["context"] = sample["task_instance"]["context"].replace(
+                "} what", "} " + "look " * (i % 3) + "what").replace("} how", "} " + "look " * (i % 3) + "how")
+        path.write_text(json.dumps(payload))
+    return load_tasks(root)
+
+
+def _config(**kw) -> RunConfig:
+    return RunConfig(**{"model": "tiny", "policy": "causal", "max_new_tokens": 5, "progress": False, **kw})
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(model_and_processor, tasks, tmp_path_factory) -> Path:
+    """An uninterrupted batch-size-1 run of two policies."""
+    out = tmp_path_factory.mktemp("ref")
+    model, processor = model_and_processor
+    evaluate(model, processor, tasks, ["causal", "future"], out, _config())
+    return out
+
+
+def test_records_match_a_direct_generate_call(reference, model_and_processor, tasks):
+    model, processor = model_and_processor
+    sample = tasks[0].samples[2]
+    record = json.loads((reference / "tiny__future" / tasks[0].name / "pred.json").read_text())[2]
+    assert record["sample_id"] == sample.sample_id and record["gt_response"] == sample.response
+    assert record["image"] == sample.image_paths and record["gen_model_id"] == "tiny"
+    # An independent generation: the tiny template's chat text written by hand (its word-level tokenizer
+    # splits on any whitespace, so spacing does not matter), greedy decoding.
+    text = "USER: " + record["question"].replace("<ImageHere>", " <image> ") + " ASSISTANT:"
+    images = [Image.open(p).convert("RGB") for p in sample.image_paths]
+    inputs = processor(text=[text], images=images, return_tensors="pt")
+    with fm.apply(model, "future"), torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=1, do_sample=False)
+    expected = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+    assert record["pred_response"] == expected
+    assert getattr(model, "_futuremask", None) is None  # every policy handle was removed
+
+
+def test_run_layout_and_run_json(reference, tasks):
+    assert sorted(p.name for p in reference.iterdir()) == ["tiny__causal", "tiny__future"]
+    meta = json.loads((reference / "tiny__future" / "run.json").read_text())
+    assert meta["model"] == "tiny" and meta["policy"] == "future" and meta["merge"] is None
+    assert meta["backend"] == "auto" and meta["max_context_len"] == 4096 and meta["tasks"] == sorted(TASKS)
+    for task in tasks:
+        records = json.loads((reference / "tiny__causal" / task.name / "pred.json").read_text())
+        assert [r["sample_id"] for r in records] == [s.sample_id for s in task.samples]
+        assert set(records[0]) >= {"sample_id", "image", "question", "gt_response", "gen_model_id",
+                                   "pred_response", "gen_kwargs"}
+    assert run_name("org/My Model", "future_v2v", "lse") == "My-Model__future_v2v__merge-lse"
+
+
+def test_policies_change_predictions(reference, tasks):
+    def preds(run):
+        return [r["pred_response"] for t in tasks
+                for r in json.loads((reference / run / t.name / "pred.json").read_text())]
+    assert preds("tiny__causal") != preds("tiny__future")
+
+
+def test_batching_equals_batch_size_one(reference, model_and_processor, tasks, tmp_path, monkeypatch):
+    model, processor = model_and_processor
+    real = runner._model_inputs
+    padded: list[int] = []
+
+    def spy(model, processor, prompts):
+        inputs = real(model, processor, prompts)
+        padded.append(int((inputs["attention_mask"] == 0).sum()))
+        assert (inputs["attention_mask"][:, -1] == 1).all()  # left padding
+        return inputs
+
+    monkeypatch.setattr(runner, "_model_inputs", spy)
+    evaluate(model, processor, tasks, ["causal", "future"], tmp_path, _config(batch_size=4))
+    assert sum(p > 0 for p in padded) >= 4  # several batches really mixed prompt lengths
+    assert _tree(tmp_path) == _tree(reference)
+
+
+def test_interrupted_run_resumes_to_the_same_files(reference, model_and_processor, tasks, tmp_path, monkeypatch):
+    model, processor = model_and_processor
+    real = runner.generate_batch
+    calls: list[int] = []
+
+    def crash_after_four(model, processor, prompts, gen_kwargs):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(len(prompts))
+        return real(model, processor, prompts, gen_kwargs)
+
+    monkeypatch.setattr(runner, "generate_batch", crash_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, processor, tasks, ["causal", "future"], tmp_path, _config(batch_size=2))
+    # DemoChange (3 batches of 2) finished; DemoColor stopped after its first batch.
+    assert (tmp_path / "tiny__causal" / "DemoChange" / "pred.json").exists()
+    task_dir = tmp_path / "tiny__causal" / "DemoColor"
+    assert not (task_dir / "pred.json").exists()
+    assert len(list((task_dir / "pred.partial").glob("part-*.json"))) == 1
+    (task_dir / "pred.partial" / ".part-00001.json.99.tmp").write_text("[{")  # a write cut short
+
+    counted: list[int] = []
+
+    def count(model, processor, prompts, gen_kwargs):
+        counted.append(len(prompts))
+        return real(model, processor, prompts, gen_kwargs)
+
+    monkeypatch.setattr(runner, "generate_batch", count)
+    evaluate(model, processor, tasks, ["causal", "future"], tmp_path, _config(batch_size=2))
+    total = 2 * sum(len(t.samples) for t in tasks)
+    assert sum(counted) == total - sum(calls)  # nothing finished was generated again
+    assert _tree(tmp_path) == _tree(reference)
+
+    counted.clear()  # a third run finds everything done
+    evaluate(model, processor, tasks, ["causal", "future"], tmp_path, _config(batch_size=2))
+    assert counted == []
+
+
+def test_overwrite_regenerates(reference, model_and_processor, tasks, tmp_path):
+    model, processor = model_and_processor
+    evaluate(model, processor, tasks, ["causal"], tmp_path, _config())
+    pred = tmp_path / "tiny__causal" / "DemoCount" / "pred.json"
+    records = json.loads(pred.read_text())
+    records[0]["pred_response"] = "edited"
+    pred.write_text(json.dumps(records))
+    evaluate(model, processor, tasks, ["causal"], tmp_path, _config())
+    assert json.loads(pred.read_text())[0]["pred_response"] == "edited"  # resumed: kept
+    evaluate(model, processor, tasks, ["causal"], tmp_path, _config(overwrite=True))
+    assert pred.read_bytes() == (reference / "tiny__causal" / "DemoCount" / "pred.json").read_bytes()
+
+
+def test_two_ranks_and_merge_equal_one_run(reference, model_and_processor, tasks, tmp_path):
+    model, processor = model_and_processor
+    base = _config(world_size=2)
+    evaluate(model, processor, tasks, ["causal", "future"], tmp_path, replace(base, rank=1))
+    shard = json.loads((tmp_path / "tiny__causal" / "DemoColor" / "pred.rank1.json").read_text())
+    assert [r["sample_id"] for r in shard] == [1, 3, 5]  # rank 1 of 2 takes samples #1, #3, #5
+    assert not (tmp_path / "tiny__causal" / "run.json").exists()  # only rank 0 writes run.json
+    evaluate(model, processor, tasks, ["causal", "future"], tmp_path, replace(base, rank=0, merge_timeout_s=5))
+    assert _tree(tmp_path) == _tree(reference)
+
+
+def test_rank0_reports_a_missing_shard(model_and_processor, tasks, tmp_path):
+    model, processor = model_and_processor
+    with pytest.raises(RuntimeError, match=r"pred.rank1.json.*did a rank fail"):
+        evaluate(model, processor, tasks[:1], ["causal"], tmp_path, _config(world_size=2, merge_timeout_s=0))
+
+
+def test_changed_settings_need_overwrite(reference, model_and_processor, tasks, tmp_path):
+    model, processor = model_and_processor
+    evaluate(model, processor, tasks[:1], ["causal"], tmp_path, _config())
+    with pytest.raises(ValueError, match="max_new_tokens=5.*--overwrite"):
+        evaluate(model, processor, tasks[:1], ["causal"], tmp_path, _config(max_new_tokens=7))
+
+
+def test_shard_from_env(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert runner.shard_from_env() == (3, 4)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match="RANK=4"):
+        runner.shard_from_env()
