@@ -100,7 +100,9 @@ def judge_choice(prediction: str, gold: str, choices: Sequence[str]) -> tuple[in
     gold_norm = normalize_answer(gold)
     normed = [normalize_answer(choice) for choice in choices]
     if gold_norm not in normed:
-        raise ValueError(f"gold answer {gold!r} is not among the choices {list(choices)!r} (after normalisation)")
+        raise ValueError(
+            f"gold answer {gold!r} is not among the choices {list(choices)!r} (after normalisation)"
+        )
     extracted = extract_option(pred, options_from_choices(normed))
     right = option_letter(normed.index(gold_norm))
     return int(extracted == right), extracted

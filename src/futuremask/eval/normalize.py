@@ -18,7 +18,27 @@ from __future__ import annotations
 import re
 
 PUNCTUATION: tuple[str, ...] = (
-    ";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!",
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
 )
 """The marks the official scorer deletes or turns into spaces (its order does not change the result)."""
 

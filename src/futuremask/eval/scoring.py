@@ -93,7 +93,9 @@ def score_task(task: str, annotation: dict[str, Any], predictions: list[dict[str
     """
     meta = annotation.get("meta_data", {})
     if "question_type" not in meta:
-        raise ValueError(f"{task}: meta_data has no 'question_type' (expected 'open-ended' or 'multi-choice')")
+        raise ValueError(
+            f"{task}: meta_data has no 'question_type' (expected 'open-ended' or 'multi-choice')"
+        )
     rule = scoring_rule(task, meta["question_type"])
     data = annotation.get("data")
     if not isinstance(data, list):
@@ -157,7 +159,10 @@ def score_task(task: str, annotation: dict[str, Any], predictions: list[dict[str
         shown = round(score, 3) if rule == "rouge" else score
         sample_scores.append({"id": str(rec["sample_id"]), "score": str(shown)})
 
-    metric, value = ("Rouge-L f", float(np.mean(scores))) if rule == "rouge" else ("Accuracy", sum(scores) / len(scores))
+    if rule == "rouge":
+        metric, value = "Rouge-L f", float(np.mean(scores))
+    else:
+        metric, value = "Accuracy", sum(scores) / len(scores)
     eval_result = {
         metric: value,
         "image_quantity_level-Accuracy": {k: float(np.mean(v)) if v else 0 for k, v in per_level.items()},

@@ -1,0 +1,80 @@
+"""``futuremask score`` and ``futuremask report``: official MileBench scoring and policy comparison.
+
+futuremask score --data-dir data/MileBench --result-dir outputs/<run> [--tasks T1 T2 ...] [--adv]
+futuremask report outputs/ [--paper] [--output report.md] [--plot report.png | --no-plot]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``score`` and ``report`` sub-commands."""
+    p = sub.add_parser(
+        "score",
+        help="score existing <Task>/pred.json files with MileBench's official rules",
+        description="Score <result-dir>/<Task>/pred.json against <data-dir>/<Task>/<Task>.json and write "
+        "eval.json, eval_score.json, pred_with_extracted.json (multi-choice) per task plus "
+        "result.json / result.csv in the result directory.",
+    )
+    p.add_argument("--data-dir", required=True, help="MileBench-format data root")
+    p.add_argument("--result-dir", required=True, help="run folder, e.g. outputs/<run>")
+    p.add_argument(
+        "--tasks", nargs="+", default=None, help="tasks to score (default: every <Task>/pred.json)"
+    )
+    p.add_argument("--adv", action="store_true", help="score against the <Task>-adv.json variants")
+    p.set_defaults(func=run_score)
+
+    r = sub.add_parser(
+        "report",
+        help="compare scored runs: Markdown table (tasks x policies) and bar chart",
+        description="Read every <outputs>/<run>/result.json and run.json; print and write a Markdown table "
+        "with the best policy per task in bold, deltas to causal and per-category means, plus a PNG chart.",
+    )
+    r.add_argument("outputs_dir", help="folder of run folders, e.g. outputs/")
+    r.add_argument("--paper", action="store_true", help="add the paper's LLaVA-1.5-7B numbers")
+    r.add_argument("--output", default=None, help="Markdown file (default: <outputs_dir>/report.md)")
+    r.add_argument("--plot", default=None, help="PNG bar chart (default: <outputs_dir>/report.png)")
+    r.add_argument("--no-plot", action="store_true", help="do not draw the chart")
+    r.set_defaults(func=run_report)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """Score a run folder and print one line per task."""
+    from .scoring import score_run
+    from .summary import headline_metric
+
+    summary = score_run(args.data_dir, args.result_dir, args.tasks, adv=args.adv)
+    for run, categories in summary.items():
+        for category, tasks in categories.items():
+            for task, eval_result in tasks.items():
+                headline = headline_metric(eval_result) if eval_result else None
+                if headline is not None:
+                    metric, value = headline
+                    print(f"{run}  {category:<18}  {task:<24}  {metric:<9}  {value * 100:6.2f}")
+    print(f"wrote {Path(args.result_dir) / 'result.json'} and result.csv")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Print the Markdown report and write it (and the chart) to disk."""
+    from .report import build_report
+    from .summary import write_text_atomic
+
+    text = build_report(args.outputs_dir, paper=args.paper)
+    print(text)
+    output = Path(args.output) if args.output else Path(args.outputs_dir) / "report.md"
+    write_text_atomic(output, text)
+    print(f"wrote {output}")
+    if not args.no_plot:
+        from .report_plot import plot_report
+
+        plot = Path(args.plot) if args.plot else Path(args.outputs_dir) / "report.png"
+        plot_report(args.outputs_dir, plot, paper=args.paper)
+        print(f"wrote {plot}")
+    return 0
+
+
+__all__ = ["register", "run_report", "run_score"]

@@ -1,0 +1,233 @@
+"""Policy comparison reports over scored runs: a Markdown table, per-category means, a bar chart.
+
+Input: an outputs folder whose sub-folders are runs scored by :func:`futuremask.eval.scoring.score_run`::
+
+    <outputs_dir>/<run>/result.json   {run: {category: {task: eval.json}}}
+    <outputs_dir>/<run>/run.json      {"model": ..., "policy": ..., "merge": null | ..., "backend": ...}
+
+Each run is a column (its policy, with ``+merge`` when a merge was used). Scores are shown in percent
+with 2 decimals; per task the best column is in bold and every non-baseline column shows its change
+against the ``causal`` run of the same model (no merge), e.g. ``**47.50** (+2.50)``. Category means
+average each run over the tasks that *every* run of that model has scored, so the columns compare
+like with like. Runs of different models get separate sections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .paper import PAPER_COLUMNS, PAPER_MODEL, PAPER_SCORES, PAPER_SOURCE, paper_row_label
+from .summary import CATEGORIES, OTHER, category_of, headline_metric
+
+CATEGORY_ORDER: tuple[str, ...] = (*CATEGORIES, OTHER)
+_ALIASES = {"original": "causal"}
+_POLICY_ORDER = ("causal", "future", "future_v2v", "future_v2t", "mma")
+_METRIC_SHORT = {"Accuracy": "Acc", "Rouge-L f": "ROUGE-L"}
+
+
+@dataclass
+class RunResult:
+    """One scored run: its identity (from ``run.json``) and ``{task: (metric, score in [0, 1])}``."""
+
+    name: str
+    model: str | None = None
+    policy: str | None = None
+    merge: str | None = None
+    backend: str | None = None
+    scores: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    @property
+    def canonical_policy(self) -> str | None:
+        return _ALIASES.get(self.policy, self.policy) if self.policy else None
+
+    @property
+    def is_baseline(self) -> bool:
+        """A plain causal run (no merge): the reference for the deltas."""
+        return self.canonical_policy == "causal" and not self.merge
+
+    @property
+    def label(self) -> str:
+        """Column label: ``policy`` or ``policy+merge``; the run name when ``run.json`` is missing."""
+        if not self.policy:
+            return self.name
+        return f"{self.policy}+{self.merge}" if self.merge else self.policy
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: malformed JSON ({err})") from err
+
+
+def load_run(run_dir: str | os.PathLike) -> RunResult:
+    """Read one run folder's ``result.json`` (required) and ``run.json`` (optional)."""
+    run_dir = Path(run_dir)
+    summary = _read_json(run_dir / "result.json")
+    if not isinstance(summary, dict) or not summary:
+        raise ValueError(f"{run_dir / 'result.json'}: expected {{run: {{category: {{task: scores}}}}}}")
+    categories = summary.get(run_dir.name, next(iter(summary.values())))
+    run = RunResult(name=run_dir.name)
+    for tasks in categories.values():
+        for task, eval_result in tasks.items():
+            headline = headline_metric(eval_result) if eval_result else None
+            if headline is not None:
+                run.scores[task] = headline
+    meta_path = run_dir / "run.json"
+    if meta_path.is_file():
+        meta = _read_json(meta_path)
+        run.model, run.policy = meta.get("model"), meta.get("policy")
+        run.merge, run.backend = meta.get("merge"), meta.get("backend")
+    return run
+
+
+def _sort_key(run: RunResult) -> tuple:
+    policy = run.canonical_policy or ""
+    rank = _POLICY_ORDER.index(policy) if policy in _POLICY_ORDER else len(_POLICY_ORDER)
+    return (run.model or "", rank, policy, run.merge or "", run.backend or "", run.name)
+
+
+def load_runs(outputs_dir: str | os.PathLike) -> list[RunResult]:
+    """Every run folder under ``outputs_dir`` that has a ``result.json``, in a stable column order."""
+    outputs_dir = Path(outputs_dir)
+    if not outputs_dir.is_dir():
+        raise FileNotFoundError(f"outputs directory {outputs_dir} does not exist")
+    runs = [load_run(path.parent) for path in sorted(outputs_dir.glob("*/result.json"))]
+    if not runs:
+        raise FileNotFoundError(
+            f"no scored runs under {outputs_dir} (no <run>/result.json); "
+            "score them first: futuremask score --data-dir DIR --result-dir <outputs>/<run>"
+        )
+    return sorted(runs, key=_sort_key)
+
+
+def column_labels(runs: list[RunResult]) -> list[str]:
+    """Column label per run; runs whose labels collide are named by their folder instead."""
+    labels = [run.label for run in runs]
+    return [run.name if labels.count(label) > 1 else label for run, label in zip(runs, labels, strict=True)]
+
+
+def ordered_tasks(tasks: set[str]) -> list[str]:
+    """MileBench tasks in the official category order, then the other tasks alphabetically."""
+    known = [task for category in CATEGORIES.values() for task in category if task in tasks]
+    return known + sorted(task for task in tasks if category_of(task) == OTHER)
+
+
+def _pct(value: float) -> float:
+    return round(value * 100, 2)
+
+
+def _table(
+    header: list[str], rows: list[tuple[list[str], list[float | None]]], baseline: int | None
+) -> list[str]:
+    """Markdown table; ``rows`` are (leading cells, fractions per column); bold best, delta to baseline."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for lead, values in rows:
+        shown = [None if v is None else _pct(v) for v in values]
+        present = [v for v in shown if v is not None]
+        best = max(present) if len(present) > 1 else None
+        cells = []
+        for col, value in enumerate(shown):
+            if value is None:
+                cells.append("–")
+                continue
+            cell = f"**{value:.2f}**" if value == best else f"{value:.2f}"
+            base = shown[baseline] if baseline is not None else None
+            if base is not None and col != baseline:
+                cell += f" ({round(value - base, 2) + 0.0:+.2f})"
+            cells.append(cell)
+        lines.append("| " + " | ".join(lead + cells) + " |")
+    return lines
+
+
+def category_means(runs: list[RunResult]) -> dict[str, tuple[int, list[float]]]:
+    """``{category: (number of tasks, mean per run)}`` over the tasks every run has scored.
+
+    Accuracy and ROUGE-L F are averaged together, as MileBench's category scores do. Categories with no
+    common task are left out; ``"All"`` averages over every common task.
+    """
+    common = set.intersection(*(set(run.scores) for run in runs))
+    out: dict[str, tuple[int, list[float]]] = {}
+    groups = [(cat, [t for t in common if category_of(t) == cat]) for cat in CATEGORY_ORDER]
+    for name, tasks in [*groups, ("All", sorted(common))]:
+        if tasks:
+            means = [sum(run.scores[t][1] for t in tasks) / len(tasks) for run in runs]
+            out[name] = (len(tasks), means)
+    return out
+
+
+def _model_section(model: str | None, runs: list[RunResult]) -> list[str]:
+    labels = column_labels(runs)
+    baseline = next((i for i, run in enumerate(runs) if run.is_baseline), None)
+    lines = [f"## {model or 'unknown model'}", ""]
+    tasks = ordered_tasks(set().union(*(run.scores for run in runs)))
+    rows = []
+    for task in tasks:
+        metrics = {run.scores[task][0] for run in runs if task in run.scores}
+        metric = "/".join(sorted(_METRIC_SHORT.get(m, m) for m in metrics))
+        rows.append(([task, metric], [run.scores[task][1] if task in run.scores else None for run in runs]))
+    lines += _table(["Task", "Metric", *labels], rows, baseline)
+    means = category_means(runs)
+    if means:
+        lines += ["", "Category means (tasks scored by every run):", ""]
+        mean_rows = [([name, str(count)], list(values)) for name, (count, values) in means.items()]
+        lines += _table(["Category", "Tasks", *labels], mean_rows, baseline)
+    if baseline is None:
+        lines += ["", "_No plain `causal` run for this model: no deltas shown._"]
+    return lines
+
+
+def _paper_section() -> list[str]:
+    policies = list(PAPER_SCORES)
+    lines = [f"## Paper reference: {PAPER_MODEL} ({PAPER_SOURCE})", ""]
+    rows = []
+    for column in PAPER_COLUMNS:
+        lead = [paper_row_label(column), _METRIC_SHORT[column.metric]]
+        rows.append((lead, [PAPER_SCORES[p][column.label] for p in policies]))
+    lines += _table(["Task", "Metric", *policies], rows, policies.index("causal"))
+    return lines
+
+
+def build_report(outputs_dir: str | os.PathLike, paper: bool = False) -> str:
+    """Markdown report over every scored run under ``outputs_dir``.
+
+    Args:
+        outputs_dir: folder holding ``<run>/result.json`` (+ ``<run>/run.json``).
+        paper: append the paper's LLaVA-1.5-7B numbers as a reference table.
+    """
+    runs = load_runs(outputs_dir)
+    lines = [
+        "# MileBench policy comparison",
+        "",
+        "Scores in % (accuracy, or ROUGE-L F for open-ended tasks); best per task in **bold**; "
+        "(±x.xx) = change against the `causal` run of the same model.",
+        "",
+    ]
+    by_model: dict[str | None, list[RunResult]] = {}
+    for run in runs:
+        by_model.setdefault(run.model, []).append(run)
+    for model, model_runs in by_model.items():
+        lines += _model_section(model, model_runs) + [""]
+    lines += ["Runs:", ""]
+    for run in runs:
+        identity = f"model={run.model}, policy={run.policy}, merge={run.merge}, backend={run.backend}"
+        lines.append(f"* `{run.name}`: {identity}")
+    if paper:
+        lines += [""] + _paper_section()
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "CATEGORY_ORDER",
+    "RunResult",
+    "build_report",
+    "category_means",
+    "column_labels",
+    "load_run",
+    "load_runs",
+    "ordered_tasks",
+]

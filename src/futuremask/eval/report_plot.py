@@ -1,0 +1,85 @@
+"""Bar chart of a policy comparison: tasks (and category means) x runs, one panel per model.
+
+Drawn with matplotlib's object API on an Agg canvas, so it never touches pyplot's global state or
+needs a display.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from .paper import PAPER_COLUMNS, PAPER_MODEL, PAPER_SCORES
+from .report import RunResult, category_means, column_labels, load_runs, ordered_tasks
+from .summary import write_bytes_atomic
+
+
+def _panel(ax, title: str, groups: list[str], series: list[tuple[str, list[float | None]]]) -> None:
+    """Grouped bars: one group per entry of ``groups``, one bar per series (values in percent)."""
+    n = max(len(series), 1)
+    width = 0.8 / n
+    for k, (label, values) in enumerate(series):
+        xs = [i - 0.4 + width * (k + 0.5) for i in range(len(groups))]
+        heights = [0.0 if v is None else v for v in values]
+        ax.bar(xs, heights, width=width, label=label)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("score (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncols=min(n, 5))
+
+
+def _model_series(runs: list[RunResult]) -> tuple[list[str], list[tuple[str, list[float | None]]]]:
+    tasks = ordered_tasks(set().union(*(run.scores for run in runs)))
+    means = category_means(runs)
+    groups = tasks + [f"mean: {name}" for name in means]
+    series = []
+    for col, (run, label) in enumerate(zip(runs, column_labels(runs), strict=True)):
+        values = [run.scores[t][1] * 100 if t in run.scores else None for t in tasks]
+        values += [vals[col] * 100 for _, vals in means.values()]
+        series.append((label, values))
+    return groups, series
+
+
+def plot_report(
+    outputs_dir: str | os.PathLike, path: str | os.PathLike, paper: bool = False, dpi: int = 120
+) -> Path:
+    """Write a PNG bar chart of every scored run under ``outputs_dir`` to ``path`` (atomically).
+
+    Args:
+        outputs_dir: folder holding ``<run>/result.json`` (+ ``run.json``).
+        path: the PNG to write.
+        paper: add a panel with the paper's LLaVA-1.5-7B numbers.
+        dpi: resolution of the PNG.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    runs = load_runs(outputs_dir)
+    by_model: dict[str | None, list[RunResult]] = {}
+    for run in runs:
+        by_model.setdefault(run.model, []).append(run)
+    panels = [
+        (model or "unknown model", *_model_series(model_runs)) for model, model_runs in by_model.items()
+    ]
+    if paper:
+        groups = [column.label for column in PAPER_COLUMNS]
+        series = [(p, [s[g] * 100 for g in groups]) for p, s in PAPER_SCORES.items()]
+        panels.append((f"paper: {PAPER_MODEL}", groups, series))
+
+    width = max(6.0, 0.45 * max(len(groups) for _, groups, _ in panels) + 2.0)
+    fig = Figure(figsize=(width, 3.6 * len(panels)), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, (title, groups, series) in zip(
+        fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels, strict=True
+    ):
+        _panel(ax, title, groups, series)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    write_bytes_atomic(path, buffer.getvalue())
+    return Path(path)
+
+
+__all__ = ["plot_report"]
