@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "futuremask.eval.cli_score",
     "futuremask.cli_viz",
     "futuremask.cli_verify",
+    "futuremask.bench.cli",
 ]
 
 

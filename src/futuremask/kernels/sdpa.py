@@ -1,11 +1,19 @@
-"""Scaled-dot-product attention with a boolean mask (PyTorch SDPA)."""
+"""Scaled-dot-product attention with a boolean mask (PyTorch SDPA).
+
+On CPU, a prompt pass of at least :data:`MIN_BLOCKED_ROWS` rows under a mask goes through
+:func:`~futuremask.kernels.blocked.blocked_sdpa`, which computes only the key ranges each run of rows
+attends (PyTorch would score every pair and convert the whole mask to float); the result is the same.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from .blocked import blocked_sdpa
 from .common import as_4d, expand_heads
+
+MIN_BLOCKED_ROWS = 512
 
 
 def sdpa_attention(
@@ -25,6 +33,21 @@ def sdpa_attention(
     k, v = expand_heads(q, k, v)
     mask = as_4d(mask)
     is_causal = mask is None and q.shape[2] > 1
+    if _use_blocked(q, k, mask, dropout):
+        return blocked_sdpa(q, k, v, mask, scale=scale)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scale
+    )
+
+
+def _use_blocked(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, dropout: float) -> bool:
+    """Blocked SDPA: CPU inference prompt passes with a shared-over-heads boolean mask."""
+    return (
+        mask is not None
+        and mask.dtype == torch.bool
+        and mask.shape[1] == 1
+        and mask.shape[2] == q.shape[2] >= MIN_BLOCKED_ROWS
+        and q.device.type == "cpu"
+        and not dropout
+        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
     )

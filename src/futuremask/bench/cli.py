@@ -1,0 +1,77 @@
+"""``futuremask bench``: latency and memory of every policy (and merge) against ``causal``."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..policies import POLICIES
+from .run import PAPER_POLICIES
+from .synthetic import SyntheticSize
+
+_SIZE = SyntheticSize()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="prefill time, decode ms/token and peak memory of each policy, as ratios to causal",
+        description=(
+            "Measure every policy (with and without merge) on one synthetic multimodal prompt, interleaved "
+            "and repeated in one run; print medians and ratios to causal, optionally write JSON and a PNG."
+        ),
+    )
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default="synthetic", help="'synthetic' (random weights) or a hub id / local path")
+    m.add_argument("--hidden", type=int, default=_SIZE.hidden, help="synthetic: hidden size")
+    m.add_argument("--layers", type=int, default=_SIZE.layers, help="synthetic: decoder layers")
+    m.add_argument("--heads", type=int, default=_SIZE.heads, help="synthetic: attention heads")
+    m.add_argument("--kv-heads", type=int, default=_SIZE.kv_heads, help="synthetic: key/value heads")
+    m.add_argument("--intermediate", type=int, default=None, help="synthetic: MLP size (default 8/3 hidden)")
+    m.add_argument("--vocab", type=int, default=_SIZE.vocab, help="synthetic: vocabulary size")
+    m.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    m.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    q = p.add_argument_group("prompt")
+    q.add_argument("--images", type=int, default=2)
+    q.add_argument("--tokens-per-image", type=int, default=576)
+    q.add_argument("--text-tokens", type=int, default=1152)
+    q.add_argument("--new-tokens", type=int, default=16, help="tokens to decode (>= 2)")
+    q.add_argument("--batch", type=int, default=1)
+    r = p.add_argument_group("run")
+    r.add_argument("--policies", nargs="+", default=list(PAPER_POLICIES), choices=list(POLICIES) + ["original"])
+    r.add_argument("--merge", nargs="+", default=["none", "kernel"], choices=("none", "kernel", "lse"),
+                   help="merge kinds to measure ('none' = the policy's mask itself)")
+    r.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all variants")
+    r.add_argument("--backend", default="auto", choices=("auto", "sdpa", "eager", "flex"))
+    r.add_argument("--no-kernel-bench", action="store_true", help="skip the one-layer attention timing")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", dest="json_path", default=None, help="write the records to this JSON file")
+    o.add_argument("--plot", dest="plot_path", default="bench.png", help="PNG of the ratios ('' to skip)")
+    o.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .api import bench
+    from .report import table
+
+    if args.repeats < 1:
+        raise ValueError("--repeats must be at least 1")
+    size = SyntheticSize(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
+                         intermediate=args.intermediate, vocab=args.vocab)
+    records = bench(
+        args.model, size=size, images=args.images, tokens_per_image=args.tokens_per_image,
+        text_tokens=args.text_tokens, batch=args.batch, new_tokens=args.new_tokens, policies=args.policies,
+        merges=[None if m == "none" else m for m in args.merge], repeats=args.repeats, backend=args.backend,
+        kernel_bench=not args.no_kernel_bench, dtype=args.dtype, device=args.device,
+        json_path=args.json_path, plot_path=args.plot_path or None, progress=not args.no_progress,
+    )
+    first = records[0]
+    print(f"{first['model']} ({first['params_m']}M params, {first['dtype']}, {first['threads']} threads): "
+          f"{first['prompt_tokens']} prompt tokens ({first['visual_tokens']} visual) x batch {first['batch']}, "
+          f"{first['new_tokens']} new tokens, median of {first['repeats']} interleaved rounds (± half range)")
+    print(table(records))
+    if args.json_path:
+        print(f"records written to {args.json_path}")
+    if args.plot_path:
+        print(f"plot written to {args.plot_path}")
+    return 0

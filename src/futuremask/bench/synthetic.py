@@ -1,0 +1,142 @@
+"""A LLaVA-architecture model of any size with random weights, and a synthetic prompt for it.
+
+The benchmark measures what a mask policy changes: the text backbone's attention. The prompt is
+therefore a sequence of token ids in which every image is a run of ``tokens_per_image`` image
+placeholder ids (the positions the vision features would fill) between runs of text ids. It is fed
+*without* ``pixel_values``: the placeholders keep their embedding-table vectors, so the vision tower
+(whose cost is the same under every policy) is left out of the timings, while the layout, the mask
+and the backbone's work are exactly those of a real multimodal prompt of that shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+
+@dataclass(frozen=True)
+class SyntheticSize:
+    """Shape of the synthetic model's Llama text backbone (``intermediate=None``: ``8/3 * hidden``, rounded)."""
+
+    hidden: int = 768
+    layers: int = 8
+    heads: int = 12
+    kv_heads: int = 12
+    intermediate: int | None = None
+    vocab: int = 32000
+    max_positions: int = 16384
+
+    def intermediate_size(self) -> int:
+        return self.intermediate or 64 * round(self.hidden * 8 / 3 / 64)
+
+
+def synthetic_llava(size: SyntheticSize | None = None, *, seed: int = 0) -> LlavaForConditionalGeneration:
+    """A random-weight ``LlavaForConditionalGeneration`` with a Llama backbone of ``size`` and a tiny CLIP tower.
+
+    The image placeholder is the last id of the vocabulary (``config.image_token_id``); id 0 is padding,
+    1 is BOS and 2 is EOS. Weights are ``N(0, 0.02)`` from ``seed``, in float32, in eval mode.
+    """
+    size = SyntheticSize() if size is None else size
+    if size.hidden % size.heads or size.heads % size.kv_heads:
+        raise ValueError(
+            f"hidden ({size.hidden}) must be a multiple of heads ({size.heads}) and heads a multiple of "
+            f"kv_heads ({size.kv_heads})"
+        )
+    text = LlamaConfig(
+        vocab_size=size.vocab,
+        hidden_size=size.hidden,
+        intermediate_size=size.intermediate_size(),
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.kv_heads,
+        max_position_embeddings=size.max_positions,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    config = LlavaConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=size.vocab - 1,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        pad_token_id=0,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = None  # benchmarks decode a fixed number of tokens
+    return model
+
+
+def parameter_count(model: torch.nn.Module, text_only: bool = True) -> int:
+    """Number of parameters (of the language model and LM head only when ``text_only``)."""
+    if not text_only:
+        return sum(p.numel() for p in model.parameters())
+    lm = model.get_decoder() if hasattr(model, "get_decoder") else model
+    head = model.get_output_embeddings()
+    n = sum(p.numel() for p in lm.parameters())
+    if head is not None and head.weight is not lm.get_input_embeddings().weight:
+        n += head.weight.numel()
+    return n
+
+
+@dataclass(frozen=True)
+class PromptShape:
+    """A synthetic prompt: ``images`` runs of ``tokens_per_image`` placeholders among ``text_tokens`` text ids.
+
+    The text is split into ``images + 1`` near-equal segments (``text, image, text, ..., image, text``),
+    so text follows every image, as in a question after the pictures. The first text id is BOS.
+    """
+
+    images: int = 2
+    tokens_per_image: int = 576
+    text_tokens: int = 1152
+    batch: int = 1
+
+    @property
+    def length(self) -> int:
+        return self.images * self.tokens_per_image + self.text_tokens
+
+
+def image_token_id(config) -> int:
+    """The image placeholder id of a (VLM) config."""
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value >= 0:
+            return value
+    raise ValueError(f"{type(config).__name__} has no image_token_id; the benchmark needs a VLM config that has one")
+
+
+def synthetic_prompt(config, shape: PromptShape, *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask``, long ``[batch, shape.length]``, for a model with ``config``.
+
+    Text ids are drawn uniformly from ``[3, vocab)`` minus the placeholder ids; every batch row is the
+    same prompt (no padding).
+    """
+    if shape.text_tokens < shape.images + 1:
+        raise ValueError(f"text_tokens ({shape.text_tokens}) must be at least images + 1 ({shape.images + 1})")
+    text_cfg = getattr(config, "text_config", None) or config
+    vocab = text_cfg.vocab_size
+    image_id = image_token_id(config)
+    reserved = {image_id, getattr(config, "video_token_id", None), getattr(config, "video_token_index", None)}
+    gen = torch.Generator().manual_seed(seed)
+    text = torch.randint(3, vocab, (shape.text_tokens,), generator=gen)
+    for rid in reserved:
+        if isinstance(rid, int):
+            text = torch.where(text == rid, torch.full_like(text, 3), text)
+    text[0] = getattr(text_cfg, "bos_token_id", None) or 1
+    bounds = torch.linspace(0, shape.text_tokens, shape.images + 2).round().long().tolist()
+    parts = []
+    for i in range(shape.images + 1):
+        parts.append(text[bounds[i] : bounds[i + 1]])
+        if i < shape.images:
+            parts.append(torch.full((shape.tokens_per_image,), image_id, dtype=torch.long))
+    ids = torch.cat(parts)[None].expand(shape.batch, -1).contiguous()
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
