@@ -62,14 +62,17 @@ def test_plain_attention_matches_masked_softmax_with_gqa():
         torch.testing.assert_close(got[valid_rows], want[valid_rows])
 
 
-def merged_weights(policy_mask, valid, i, s, kind, k_size, pool, prefix):
-    """One row of DESIGN §4 written out literally (independent of futuremask.merge)."""
+def merged_weights(policy_mask, valid, i, s, kind, k_size, pool, prefix, prompt_len=None):
+    """One row of DESIGN §4 written out literally (independent of futuremask.merge).
+
+    ``prompt_len``: the future windows stop at the end of the prompt (default: the whole row).
+    """
     length = len(s)
     sinks = [j for j in range(length) if valid[j]][:prefix]
     future = [j for j in range(i + 1, length) if policy_mask[i][j]]
     logits = [s[j] if (j <= i and valid[j]) else -math.inf for j in range(length)]
     if future and kind == "kernel":
-        n = length - 1 - i
+        n = (length if prompt_len is None else prompt_len) - 1 - i
         f = [s[i + 1 + t] if (i + 1 + t) in future else 0.0 for t in range(n)]
         windows = [f[w : w + k_size] for w in range(n - k_size + 1)] if n >= k_size else [f]
         pooled = [max(w) if pool == "max" else sum(w) / len(w) for w in windows]
@@ -123,6 +126,24 @@ def test_merge_matches_independent_definition(policy, kind, k_size, pool, prefix
     want = reference_out(q, k, v, weights)
     valid_rows = attn.bool()[:, None, :, None].expand_as(got)
     torch.testing.assert_close(got[valid_rows], want[valid_rows])
+
+
+@pytest.mark.parametrize("kind", ["kernel", "lse"])
+def test_merge_future_stops_at_the_prompt_end(kind):
+    """A continuation after the prompt adds no windows: rows merge as in the prefill of the prompt alone."""
+    q, k, v = make_qkv(batch=1, length=10, seed=5)
+    vis = torch.tensor([[0, 1, 1, 0, 1, 1, 0, 0, 0, 0]]).bool()
+    prompt = torch.tensor([[True] * 7 + [False] * 3])
+    merge = fm.Merge(kind=kind, kernel=3, pool="max")
+    got = fm.attention(q, k, v, policy="future", is_visual=vis, prompt_mask=prompt, merge=merge)
+    mask = fm.build_mask("future", vis, prompt_mask=prompt)
+
+    def weights(b, i, s):
+        return merged_weights(mask[b].tolist(), [True] * 10, i, s, kind, 3, "max", 1, prompt_len=7)
+
+    torch.testing.assert_close(got, reference_out(q, k, v, weights))
+    alone = fm.attention(q[:, :, :7], k[:, :, :7], v[:, :, :7], policy="future", is_visual=vis[:, :7], merge=merge)
+    torch.testing.assert_close(got[:, :, :7], alone)
 
 
 def test_merge_leaves_text_only_and_causal_unchanged():

@@ -48,6 +48,7 @@ def attention(
     base = policy_mask("causal", layout)
     future = allowed & ~base
     out = merge_attention(
-        qf, kf, vf, base, future, merge=merge, prefix_positions=layout.sink_positions(merge.prefix), scale=scale
+        qf, kf, vf, base, future, merge=merge, prefix_positions=layout.sink_positions(merge.prefix), scale=scale,
+        prompt_end=layout.prompt_end,
     )
     return out.to(q.dtype)

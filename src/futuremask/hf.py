@@ -47,16 +47,28 @@ class _Prefill:
     """What the mask builder prepared for the attention functions of one prompt pass."""
 
     sinks: torch.Tensor  # long [B, p]
+    prompt_end: torch.Tensor  # long [B]
     futures: dict[int, torch.Tensor] = field(default_factory=dict)  # id(base mask) -> bool [B, 1, L, Lk]
 
 
 @dataclass
 class _Call:
-    """The state of one model call under a handle."""
+    """The state of one model call under a handle.
+
+    The layout is read from the call's inputs only when a prompt pass asks for it, so decoding
+    steps cost nothing.
+    """
 
     handle: FutureMask
-    layout: TokenLayout | None
+    inputs: dict[str, Any]
     prefill: _Prefill | None = None
+    _layout: TokenLayout | None = None
+
+    @property
+    def layout(self) -> TokenLayout:
+        if self._layout is None:
+            self._layout = TokenLayout.from_inputs(self.handle.model.config, **self.inputs)
+        return self._layout
 
 
 _ACTIVE: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("futuremask_call", default=None)
@@ -85,7 +97,7 @@ def _make_mask_builder(backend: str):
         if q_length == 1:
             return base_builder(**args, **kwargs)
         layout = call.layout
-        if layout is None or layout.length != q_length or layout.batch_size != batch_size:
+        if layout.length != q_length or layout.batch_size != batch_size:
             raise RuntimeError(
                 f"futuremask saw a prompt pass of shape [{batch_size}, {q_length}] that does not match the "
                 "input_ids of the model call; call the model with input_ids of the whole prompt"
@@ -93,6 +105,7 @@ def _make_mask_builder(backend: str):
         overlay = overlay_mod(call.handle.policy, layout)
         if overlay is None:  # `causal` with a merge: there is no future to fold, the stock mask is exact
             return base_builder(**args, **kwargs)
+        overlay = _future_only(overlay)
         if backend == "flex":
             length = layout.length
             kwargs["mask_function"] = _or_guarded(kwargs["mask_function"], overlay, length)
@@ -107,11 +120,23 @@ def _make_mask_builder(backend: str):
         if merge is None:
             return base | extra
         if call.prefill is None:
-            call.prefill = _Prefill(sinks=layout.sink_positions(merge.prefix).to(base.device))
+            call.prefill = _Prefill(
+                sinks=layout.sink_positions(merge.prefix).to(base.device), prompt_end=layout.prompt_end
+            )
         call.prefill.futures[id(base)] = extra & ~base
         return base
 
     return build
+
+
+def _future_only(overlay):
+    """The overlay's keys after the query (``kv > q``) only.
+
+    On a full causal layer its past keys are allowed anyway; on a sliding-window or chunked layer
+    (Gemma3, Qwen2 with ``use_sliding_window``) the past stays limited to the window, as the model
+    was trained and as Gemma3 limits its own image blocks, so a policy adds future keys and nothing else.
+    """
+    return lambda b, h, q, kv: overlay(b, h, q, kv) & (kv > q)
 
 
 def _or_guarded(mask_function, overlay, length: int):
@@ -155,7 +180,7 @@ def _merge_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     length = query.shape[2]
     out = merge_attention(
         query, key[:, :, :length], value[:, :, :length], attention_mask[..., :length], future[..., :length],
-        merge=call.handle.merge, prefix_positions=prefill.sinks, scale=scaling,
+        merge=call.handle.merge, prefix_positions=prefill.sinks, scale=scaling, prompt_end=prefill.prompt_end,
     )
     return out.transpose(1, 2).contiguous(), None
 
@@ -172,6 +197,18 @@ def _register() -> None:
         AttentionInterface.register(IMPL_PREFIX + name, fn)
         AttentionMaskInterface.register(IMPL_PREFIX + name, _make_mask_builder(name))
     _registered = True
+
+
+def _layout_inputs(args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The arguments of a model call that define its token layout (input_ids may come positionally)."""
+    mask = kwargs.get("attention_mask")
+    return {
+        "input_ids": kwargs.get("input_ids", args[0] if args else None),
+        "attention_mask": mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None,
+        "mm_token_type_ids": kwargs.get("mm_token_type_ids"),
+        "labels": kwargs.get("labels"),
+        "prompt_mask": kwargs.get("prompt_mask"),
+    }
 
 
 # --- the handle ------------------------------------------------------------------------------------
@@ -229,6 +266,9 @@ class FutureMask:
             model.register_forward_hook(self._after_forward, always_call=True),
         ]
         self._tokens: list[contextvars.Token] = []
+        self._pending: _Call | None = None
+        self._original_prepare = model.prepare_inputs_for_generation
+        model.prepare_inputs_for_generation = self._prepare_inputs_for_generation
         model._futuremask = self
 
     @property
@@ -243,20 +283,33 @@ class FutureMask:
             self.model.set_attn_implementation(name)
 
     def _before_forward(self, module, args, kwargs):
-        prompt_mask = kwargs.pop("prompt_mask", None)
-        layout = None
-        if not self.is_plain_causal:
-            input_ids = kwargs.get("input_ids", args[0] if args else None)
-            layout = TokenLayout.from_inputs(
-                self.model.config,
-                input_ids=input_ids,
-                attention_mask=kwargs.get("attention_mask"),
-                mm_token_type_ids=kwargs.get("mm_token_type_ids"),
-                labels=kwargs.get("labels"),
-                prompt_mask=prompt_mask,
-            )
-        self._tokens.append(_ACTIVE.set(_Call(handle=self, layout=layout)))
+        attention_mask = kwargs.get("attention_mask")
+        prepared, self._pending = self._pending, None
+        if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2):
+            if prepared is None and not self.is_plain_causal:
+                raise ValueError(
+                    "futuremask builds the 4-D attention mask itself; pass the 2-D padding mask "
+                    "(attention_mask of shape [B, L]) instead of a prepared 4-D mask"
+                )
+            call = prepared  # generate() with a static cache made the mask before forward
+        else:
+            call = _Call(handle=self, inputs=_layout_inputs(args, kwargs))
+        kwargs.pop("prompt_mask", None)
+        self._tokens.append(_ACTIVE.set(call))
         return args, kwargs
+
+    def _prepare_inputs_for_generation(self, *args, **kwargs):
+        """generate() builds 4-D masks here for static caches: give the mask builder the layout."""
+        call = _Call(handle=self, inputs=_layout_inputs(args, kwargs))
+        token = _ACTIVE.set(call)
+        try:
+            model_inputs = self._original_prepare(*args, **kwargs)
+        finally:
+            _ACTIVE.reset(token)
+        mask = model_inputs.get("attention_mask")
+        if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+            self._pending = call
+        return model_inputs
 
     def _after_forward(self, module, args, output):
         if self._tokens:
@@ -269,6 +322,7 @@ class FutureMask:
             return
         for hook in self._hooks:
             hook.remove()
+        del self.model.prepare_inputs_for_generation  # back to the class's method
         self._set_impl(self._previous)
         self.model._futuremask = None
 
@@ -310,8 +364,10 @@ def _pad_continuations(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(continuation_ids, torch.Tensor):
         ids = continuation_ids.to(device)
-        if ids.dim() == 1:
-            ids = ids.expand(batch_size, -1)
+        if ids.dim() == 1 or ids.shape[0] == 1:
+            ids = ids.reshape(1, -1).expand(batch_size, -1)
+        if ids.shape[0] != batch_size:
+            raise ValueError(f"continuation_ids has {ids.shape[0]} rows for a batch of {batch_size} prompts")
         return ids, torch.ones_like(ids, dtype=torch.bool)
     rows = [torch.as_tensor(list(c), dtype=torch.long) for c in continuation_ids]
     if len(rows) != batch_size:
@@ -347,6 +403,11 @@ def continuation_logprob(
     Returns:
         float32 ``[B]``.
     """
+    if getattr(model, "_futuremask", None) is not None:
+        raise RuntimeError(
+            "continuation_logprob applies the policy itself; call it outside `with futuremask.apply(...)` "
+            "(or remove() the handle first) and pass policy=/merge= here"
+        )
     input_ids = inputs["input_ids"]
     batch_size, prompt_len = input_ids.shape
     device = input_ids.device
@@ -362,11 +423,6 @@ def continuation_logprob(
         if call.get(key) is not None:
             call[key] = torch.nn.functional.pad(call[key], (0, cont.shape[1]), value=0)
     call["prompt_mask"] = torch.cat([prompt_valid.bool(), torch.zeros_like(keep)], dim=1)
-    if getattr(model, "_futuremask", None) is not None:
-        raise RuntimeError(
-            "continuation_logprob applies the policy itself; call it outside `with futuremask.apply(...)` "
-            "(or remove() the handle first) and pass policy=/merge= here"
-        )
     with apply(model, policy, merge=merge, backend=backend), torch.no_grad():
         logits = model(**call, use_cache=False).logits
     logp = torch.log_softmax(logits[:, prompt_len - 1 : -1].float(), dim=-1)

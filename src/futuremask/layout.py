@@ -62,6 +62,12 @@ class TokenLayout:
         """long ``[B]``: index of the first non-padding token of each row (the attention sink)."""
         return self.valid.long().argmax(dim=1)
 
+    @property
+    def prompt_end(self) -> torch.Tensor:
+        """long ``[B]``: one past the last prompt position of each row (0 for a row with no prompt)."""
+        idx = torch.arange(1, self.length + 1, device=self.valid.device)
+        return (self.prompt.long() * idx).amax(dim=1)
+
     def sink_positions(self, prefix: int = 1) -> torch.Tensor:
         """long ``[B, prefix]``: the first ``prefix`` valid positions of each row (``L`` where there are fewer)."""
         idx = torch.arange(self.length, device=self.valid.device)

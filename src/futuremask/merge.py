@@ -14,6 +14,11 @@ not attended. Instead
 With ``prefix=p > 1`` the windows (``kernel``) or the future keys (``lse``) are split into ``p``
 contiguous groups in order (the first groups one longer when they do not divide evenly), and group
 ``g`` goes to the ``g``-th valid position; groups whose prefix position lies after ``i`` are dropped.
+
+The future of a row ends with the prompt: ``n_i = P - 1 - i`` where ``P`` is one past the row's last
+prompt position (``P = L`` in a plain prefill). A continuation being scored, answer tokens in
+training and right padding are not prompt, so they add no windows: one forward pass over
+prompt + continuation merges exactly as the prefill of the prompt alone does.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ def merged_logits(
     rows: torch.Tensor,
     prefix_positions: torch.Tensor,
     merge: Merge,
+    prompt_end: int | None = None,
 ) -> torch.Tensor:
     """Logits of query rows of one sequence after folding their future into the prefix.
 
@@ -94,6 +100,7 @@ def merged_logits(
         rows: long ``[R]``, the absolute query positions ``i``.
         prefix_positions: long ``[p]``, the sink positions (first ``p`` valid tokens).
         merge: the merge settings.
+        prompt_end: one past the last prompt position (default ``L``); the future windows stop there.
 
     Returns:
         float ``[H, R, L]``: ``-inf`` off ``base``, the merged value on the prefix positions.
@@ -102,7 +109,8 @@ def merged_logits(
     logits = scores.masked_fill(~base, float("-inf"))
     n_groups = prefix_positions.numel()
     if merge.kind == "kernel":
-        bonus = _pooled_future(scores, future, rows, merge, n_groups)  # [H, R, p]
+        end = length if prompt_end is None else int(prompt_end)
+        bonus = _pooled_future(scores, future, rows, merge, n_groups, end)  # [H, R, p]
     else:
         bonus = _lse_future(scores, future, n_groups)  # [H, R, p]
     for g in range(n_groups):
@@ -120,14 +128,14 @@ def merged_logits(
 
 
 def _pooled_future(
-    scores: torch.Tensor, future: torch.Tensor, rows: torch.Tensor, merge: Merge, n_groups: int
+    scores: torch.Tensor, future: torch.Tensor, rows: torch.Tensor, merge: Merge, n_groups: int, prompt_end: int
 ) -> torch.Tensor:
     """``[H, R, p]``: per group, the sum over windows of the pooled future scores (``kind="kernel"``)."""
     length = scores.shape[-1]
     span = max(length - 1, 1)
     t = torch.arange(span, device=scores.device)
     cols = rows[:, None] + 1 + t[None, :]  # [R, T]
-    n = (length - 1 - rows)[:, None]  # [R, 1] future length n_i
+    n = (prompt_end - 1 - rows).clamp(min=0)[:, None]  # [R, 1] future length n_i
     inside = t[None, :] < n
     idx = cols.clamp(max=length - 1)
     f_mask = future.gather(-1, idx) & inside

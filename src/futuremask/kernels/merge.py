@@ -26,6 +26,7 @@ def merge_attention(
     merge: Merge,
     prefix_positions: torch.Tensor,
     scale: float | None = None,
+    prompt_end: torch.Tensor | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> torch.Tensor:
     """``[B, H, L, D]``: attention over ``base`` with the ``future`` keys merged into the prefix.
@@ -38,6 +39,7 @@ def merge_attention(
         merge: the merge settings.
         prefix_positions: long ``[B, p]``, the sink positions of each row of the batch.
         scale: defaults to ``D ** -0.5``.
+        prompt_end: long ``[B]``, one past each row's last prompt position (default ``L``).
         chunk_bytes: bound on the float32 scores held at once per chunk of rows.
     """
     base4, future4 = as_4d(base), as_4d(future)
@@ -56,7 +58,8 @@ def merge_attention(
         for start in range(0, rows.numel(), rows_per_chunk):
             r = rows[start : start + rows_per_chunk]
             scores = torch.matmul(q[b, :, r].to(acc), kf.transpose(-1, -2)) * scale
-            logits = merged_logits(scores, base_b[r], fut_b[r], r, prefix_positions[b], merge)
+            end = None if prompt_end is None else int(prompt_end[b])
+            logits = merged_logits(scores, base_b[r], fut_b[r], r, prefix_positions[b], merge, end)
             weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
             out[b, :, r] = torch.matmul(weights, vf).to(out.dtype)
     return out
