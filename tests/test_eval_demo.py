@@ -1,0 +1,116 @@
+"""The procedural demo benchmark (checked against its own pixels) and `futuremask eval --demo` end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from futuremask.cli import main
+from futuremask.eval.data import load_tasks
+from futuremask.eval.demo import COLORS, DEMO_TASKS, DEMO_WORDS, generate_demo_data, load_demo_model
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    assert generate_demo_data(root, samples_per_task=12, seed=0) == list(DEMO_TASKS)
+    return root
+
+
+def _task(root: Path, name: str) -> dict:
+    return json.loads((root / name / f"{name}.json").read_text())
+
+
+def _pixels(root: Path, task: str, name: str) -> np.ndarray:
+    with Image.open(root / task / "images" / name) as im:
+        assert im.size == (32, 32) and im.mode == "RGB"
+        return np.asarray(im).astype(int)
+
+
+def _nearest_color(rgb) -> str:
+    return min(COLORS, key=lambda c: sum((a - b) ** 2 for a, b in zip(COLORS[c], rgb, strict=True)))
+
+
+def test_same_seed_same_files(demo: Path, tmp_path: Path):
+    generate_demo_data(tmp_path, samples_per_task=12, seed=0)
+    for task in DEMO_TASKS:
+        assert (tmp_path / task / f"{task}.json").read_bytes() == (demo / task / f"{task}.json").read_bytes()
+        for png in (demo / task / "images").iterdir():
+            assert (tmp_path / task / "images" / png.name).read_bytes() == png.read_bytes()
+    generate_demo_data(tmp_path / "other", samples_per_task=12, seed=1, tasks=["DemoColor"])
+    assert _task(tmp_path / "other", "DemoColor") != _task(demo, "DemoColor")
+
+
+def test_valid_milebench_data_with_questions_after_the_images(demo: Path):
+    tasks = load_tasks(demo)  # the loader's validation passes
+    assert {t.name: t.question_type for t in tasks} == {
+        "DemoChange": "open-ended", "DemoColor": "multi-choice", "DemoCount": "open-ended",
+        "DemoDirection": "multi-choice", "DemoFind": "multi-choice"}
+    vocab = set(DEMO_WORDS)
+    for task in tasks:
+        assert len(task.samples) == 12
+        for s in task.samples:
+            n = len(s.image_paths)
+            assert 2 <= n <= 4
+            slots = " ".join(f"{{image#{k}}}" for k in range(1, n + 1))
+            assert s.context.startswith(slots + " ") and "{" not in s.context[len(slots):]
+            words = s.context[len(slots):].split() + s.response.split() + s.instruction.split()
+            words += [w for c in s.choice_list or [] for w in c.split()]
+            assert set(words) <= vocab
+
+
+def test_color_answers_match_the_drawn_pixels(demo: Path):
+    for sample in _task(demo, "DemoColor")["data"]:
+        k = int(re.search(r"in image (\d+) \?", sample["task_instance"]["context"]).group(1))
+        center = _pixels(demo, "DemoColor", sample["task_instance"]["images_path"][k - 1])[16, 16]
+        assert _nearest_color(center) == sample["response"]
+        assert sample["response"] in sample["task_instance"]["choice_list"]
+
+
+def test_direction_answers_match_the_moving_shape(demo: Path):
+    for sample in _task(demo, "DemoDirection")["data"]:
+        centers = []
+        for name in sample["task_instance"]["images_path"]:
+            ys, xs = np.nonzero((_pixels(demo, "DemoDirection", name) != 255).any(axis=2))
+            centers.append((xs.mean(), ys.mean()))
+        dx, dy = centers[-1][0] - centers[0][0], centers[-1][1] - centers[0][1]
+        moved = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+        assert moved == sample["response"]
+
+
+def test_change_answers_name_the_changed_side(demo: Path):
+    for sample in _task(demo, "DemoChange")["data"]:
+        before, after = (_pixels(demo, "DemoChange", n) for n in sample["task_instance"]["images_path"])
+        side = "left" if (before[:, :16] != after[:, :16]).any() else "right"
+        x = 9 if side == "left" else 23
+        assert sample["response"] == f"the {side} shape is now {_nearest_color(after[16, x])}"
+
+
+def test_demo_model_covers_every_demo_word():
+    model, processor = load_demo_model()
+    tok = processor.tokenizer
+    ids = tok(" ".join(DEMO_WORDS), add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids and len(ids) == len(DEMO_WORDS)
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+
+
+def test_eval_demo_end_to_end(tmp_path: Path, capsys):
+    assert main(["eval", "--demo", "--limit", "2", "--output-dir", str(tmp_path), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    runs = sorted(p.name for p in (tmp_path / "demo").iterdir() if p.is_dir())
+    policies = ["causal", "future", "future_v2t", "future_v2v", "mma"]
+    assert [r.split("__")[1] for r in runs] == policies
+    for run in runs:
+        assert json.loads((tmp_path / "demo" / run / "run.json").read_text())["policy"] == run.split("__")[1]
+        assert (tmp_path / "demo" / run / "result.json").is_file()
+        for task in DEMO_TASKS:
+            assert len(json.loads((tmp_path / "demo" / run / task / "pred.json").read_text())) == 2
+            assert (tmp_path / "demo" / run / task / "eval.json").is_file()
+    header = next(line for line in table.splitlines() if line.startswith("| Task"))
+    assert all(p in header for p in policies)
+    assert all(f"| {task} |" in table for task in DEMO_TASKS)
