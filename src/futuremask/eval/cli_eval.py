@@ -84,6 +84,25 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto"):
     return model, processor
 
 
+def _wait_for_demo_data(data_dir: Path, samples: int, timeout_s: float = 600.0) -> None:
+    """Ranks > 0 of a sharded demo wait for rank 0's (atomically written) demo task files."""
+    import json
+    import time
+
+    from .demo import DEMO_TASKS
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if all(len(json.loads((data_dir / t / f"{t}.json").read_text())["data"]) == samples for t in DEMO_TASKS):
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"waited {timeout_s:.0f}s for rank 0 to write the demo data into {data_dir}")
+        time.sleep(0.5)
+
+
 def _score_and_report(
     data_dir: Path, runs: list[Path], tasks, output_dir: Path, complete: bool, adv: bool = False
 ) -> None:
@@ -110,8 +129,11 @@ def run(args: argparse.Namespace) -> int:
 
         data_dir = output_dir / "demo-data"
         runs_dir = output_dir / "demo"
+        samples = args.limit or DEMO_SAMPLES
         if rank == 0:
-            generate_demo_data(data_dir, samples_per_task=args.limit or DEMO_SAMPLES)
+            generate_demo_data(data_dir, samples_per_task=samples)
+        else:
+            _wait_for_demo_data(data_dir, samples)
         model, processor = load_demo_model()
         model_name = "demo-vlm" if DEMO_CHECKPOINT.is_dir() and (DEMO_CHECKPOINT / "config.json").exists() \
             else "tiny-llava-random"

@@ -194,9 +194,19 @@ def _check_words(text: str, where: str) -> None:
         raise AssertionError(f"demo words missing from DEMO_WORDS in {where}: {unknown}")
 
 
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def _write_json(path: Path, payload) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp(path)
     tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def _write_png(path: Path, image: Image.Image) -> None:
+    tmp = _tmp(path)
+    image.save(tmp, format="PNG")
     os.replace(tmp, path)
 
 
@@ -206,7 +216,8 @@ def generate_demo_data(
     """Write the demo benchmark in MileBench format and return the task names.
 
     Layout: ``<out_dir>/<Task>/<Task>.json`` and ``<out_dir>/<Task>/images/<sample_id>_<k>.png``
-    (RGB, 32x32). The same ``seed`` always gives the same files.
+    (RGB, 32x32). The same ``seed`` always gives the same files, and sample ``i`` does not depend on
+    ``samples_per_task``. Every file is written atomically (images first, then the task file).
 
     Args:
         out_dir: folder to write into (created if needed).
@@ -230,7 +241,7 @@ def generate_demo_data(
             paths = []
             for k, image in enumerate(images, start=1):
                 filename = f"{sample_id}_{k}.png"
-                image.save(image_dir / filename)
+                _write_png(image_dir / filename, image)
                 paths.append(filename)
             _check_words(context + " " + response + " " + " ".join(choices or []), f"{name} sample {sample_id}")
             instance = {"context": context, "images_path": paths}
