@@ -2,8 +2,9 @@
 
 One small builder per family returns a :class:`TinyVLM`: the model, a word-level tokenizer, the
 token ids that stand for one image in a prompt (wrapper tokens plus the right number of
-placeholders) and a function making pixel inputs of the right shapes for ``n`` images.
-:func:`build_inputs` turns a list of words and :data:`IMAGE` markers into model inputs.
+placeholders), the shape of one image's pixels and how a batch of images is collated.
+:func:`build_batch` turns prompts (lists of words and :data:`IMAGE` markers) into left-padded
+model inputs; :func:`build_inputs` does it for one prompt.
 
 Configs follow the tiny ones in transformers' own test suite (1-2 layers, hidden 32-64), sized so
 that every image becomes only 4-10 visual tokens.
@@ -59,7 +60,9 @@ class TinyVLM:
         tokenizer: word-level tokenizer whose vocabulary holds the family's special tokens.
         image_block: token ids standing for one image in the prompt (wrappers + placeholders).
         image_token_id: the placeholder id the vision features replace.
-        pixels: ``n_images -> dict`` of pixel inputs (``pixel_values`` and friends) for one prompt.
+        image_shape: shape of the pixel tensor of one image.
+        collate: ``images_per_row -> dict`` of pixel inputs (``pixel_values`` and friends) for a batch,
+            from the list of ``image_shape`` tensors of each row.
         token_type_key: name of a per-token ``[B, L]`` input marking image placeholders with 1
             (``mm_token_type_ids`` for Qwen-VL, ``token_type_ids`` for Gemma3), or None.
     """
@@ -69,42 +72,59 @@ class TinyVLM:
     tokenizer: PreTrainedTokenizerFast
     image_block: list[int]
     image_token_id: int
-    pixels: Callable[[int], dict[str, torch.Tensor]]
+    image_shape: tuple[int, ...]
+    collate: Callable[[list[list[torch.Tensor]]], dict[str, torch.Tensor]]
     token_type_key: str | None = None
 
 
-def build_inputs(vlm: TinyVLM, segments: Sequence[Any], seed: int = 0) -> dict[str, torch.Tensor]:
-    """Model inputs for one prompt (batch of 1, no padding).
+def build_batch(vlm: TinyVLM, prompts: Sequence[Sequence[Any]], seeds: Sequence[int] | None = None) -> dict:
+    """Model inputs for a batch of prompts, left padded as a processor pads them for generation.
 
     Args:
         vlm: the tiny model.
-        segments: strings of space-separated vocabulary words and :data:`IMAGE` markers, in order.
-        seed: seed of the random pixels.
+        prompts: per prompt, strings of space-separated vocabulary words and :data:`IMAGE` markers.
+        seeds: per prompt, the seed of its random images (default ``0, 1, ...``); the same prompt and
+            seed give the same pixels in any batch.
 
     Returns:
-        ``input_ids`` long ``[1, L]``, ``attention_mask`` long ``[1, L]``, pixel inputs when the
-        prompt holds images, and the family's per-token type ids when it has them.
+        ``input_ids`` and ``attention_mask`` long ``[B, L]``, pixel inputs when a prompt holds images,
+        and the family's per-token type ids (long ``[B, L]``, 1 on image placeholders) when it has them.
     """
-    ids = [vlm.tokenizer.bos_token_id]
-    n_images = 0
-    for seg in segments:
-        if seg is IMAGE:
-            ids += vlm.image_block
-            n_images += 1
-        else:
-            words = seg.split()
-            ids += vlm.tokenizer.convert_tokens_to_ids(words)
-    if vlm.tokenizer.unk_token_id in ids:
-        raise ValueError(f"a word of {segments!r} is not in the tiny vocabulary")
-    input_ids = torch.tensor([ids])
-    inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-    if n_images:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            inputs.update(vlm.pixels(n_images))
+    seeds = list(range(len(prompts))) if seeds is None else list(seeds)
+    rows, images = [], []
+    for segments, seed in zip(prompts, seeds, strict=True):
+        ids, row_images = [vlm.tokenizer.bos_token_id], []
+        for seg in segments:
+            if seg is IMAGE:
+                ids += vlm.image_block
+                gen = torch.Generator().manual_seed(1000 * seed + len(row_images))
+                row_images.append(torch.randn(vlm.image_shape, generator=gen))
+            else:
+                ids += vlm.tokenizer.convert_tokens_to_ids(seg.split())
+        if vlm.tokenizer.unk_token_id in ids:
+            raise ValueError(f"a word of {segments!r} is not in the tiny vocabulary")
+        rows.append(ids)
+        images.append(row_images)
+    length = max(len(r) for r in rows)
+    pad = vlm.tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (length - len(r)) + r for r in rows])
+    attention_mask = torch.tensor([[0] * (length - len(r)) + [1] * len(r) for r in rows])
+    inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if any(images):
+        inputs.update(vlm.collate(images))
     if vlm.token_type_key is not None:
         inputs[vlm.token_type_key] = (input_ids == vlm.image_token_id).long()
     return inputs
+
+
+def build_inputs(vlm: TinyVLM, segments: Sequence[Any], seed: int = 0) -> dict[str, torch.Tensor]:
+    """:func:`build_batch` for one prompt: ``input_ids [1, L]`` and the rest, without padding."""
+    return build_batch(vlm, [segments], [seed])
+
+
+def _stack(key: str = "pixel_values") -> Callable[[list[list[torch.Tensor]]], dict[str, torch.Tensor]]:
+    """Collate all images of the batch, in order, into one ``[N, ...]`` tensor."""
+    return lambda images: {key: torch.stack([im for row in images for im in row])}
 
 
 def _tokenizer(*extra: str) -> PreTrainedTokenizerFast:
@@ -153,15 +173,16 @@ def llava_next() -> TinyVLM:
     )
     model = _finish(_seeded(lambda: LlavaNextForConditionalGeneration(config)), tok)
 
-    def pixels(n: int) -> dict[str, torch.Tensor]:
+    def collate(images: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
         # per image: the base tile + the tiles of the best grid pinpoint (one 32x32 tile here)
-        return {"pixel_values": torch.randn(n, 2, 3, 32, 32), "image_sizes": torch.tensor([[32, 32]] * n)}
+        flat = [im for row in images for im in row]
+        return {"pixel_values": torch.stack(flat), "image_sizes": torch.tensor([[32, 32]] * len(flat))}
 
     with torch.no_grad():
-        probe = pixels(1)
+        probe = collate([[torch.zeros(2, 3, 32, 32)]])
         feats = model.model.get_image_features(**probe, return_dict=True).pooler_output
     n_tokens = feats[0].shape[0]
-    return TinyVLM("llava_next", model, tok, [image_id] * n_tokens, image_id, pixels)
+    return TinyVLM("llava_next", model, tok, [image_id] * n_tokens, image_id, (2, 3, 32, 32), collate)
 
 
 # --- Qwen2-VL / Qwen2.5-VL -------------------------------------------------------------------------
@@ -175,23 +196,18 @@ def _qwen_ids(tok: PreTrainedTokenizerFast) -> dict[str, int]:
     return dict(vision_start_token_id=start, vision_end_token_id=end, image_token_id=image, video_token_id=video)
 
 
-def _qwen_pixels(patch: int = 14, temporal: int = 2) -> Callable[[int], dict[str, torch.Tensor]]:
-    t, h, w = QWEN_GRID
-
-    def pixels(n: int) -> dict[str, torch.Tensor]:
-        return {
-            "pixel_values": torch.randn(n * t * h * w, 3 * temporal * patch * patch),
-            "image_grid_thw": torch.tensor([list(QWEN_GRID)] * n),
-        }
-
-    return pixels
+def _qwen_collate(images: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Qwen-VL pixels: all patches of all images in one ``[patches, C * T * P * P]`` tensor + their grids."""
+    flat = [im for row in images for im in row]
+    return {"pixel_values": torch.cat(flat), "image_grid_thw": torch.tensor([list(QWEN_GRID)] * len(flat))}
 
 
 def _qwen_vlm(name: str, model: PreTrainedModel, tok: PreTrainedTokenizerFast) -> TinyVLM:
     ids = _qwen_ids(tok)
     t, h, w = QWEN_GRID
     block = [ids["vision_start_token_id"]] + [ids["image_token_id"]] * (t * h * w // 4) + [ids["vision_end_token_id"]]
-    return TinyVLM(name, model, tok, block, ids["image_token_id"], _qwen_pixels(), token_type_key="mm_token_type_ids")
+    shape = (t * h * w, 3 * 2 * 14 * 14)  # patches x (channels * temporal patch * patch * patch)
+    return TinyVLM(name, model, tok, block, ids["image_token_id"], shape, _qwen_collate, "mm_token_type_ids")
 
 
 def _qwen_text(tok: PreTrainedTokenizerFast) -> dict[str, Any]:
@@ -248,22 +264,29 @@ def idefics3() -> TinyVLM:
     )
     model = _finish(_seeded(lambda: Idefics3ForConditionalGeneration(config)), tok)
 
-    def pixels(n: int) -> dict[str, torch.Tensor]:
-        return {"pixel_values": torch.randn(1, n, 3, 32, 32)}
+    def collate(images: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        # [B, max images, C, H, W]; all-zero images pad the rows with fewer images (the model drops them)
+        most = max(len(row) for row in images)
+        pixel_values = torch.zeros(len(images), most, 3, 32, 32)
+        for b, row in enumerate(images):
+            for k, im in enumerate(row):
+                pixel_values[b, k] = im
+        return {"pixel_values": pixel_values}
 
     block = [fake, glob] + [image_id] * 4 + [fake]
-    return TinyVLM("idefics3", model, tok, block, image_id, pixels)
+    return TinyVLM("idefics3", model, tok, block, image_id, (3, 32, 32), collate)
 
 
 # --- Gemma3 ----------------------------------------------------------------------------------------
 
 GEMMA_SPECIAL = ("<start_of_image>", "<end_of_image>", "<image_soft_token>")
+GEMMA_WINDOW = 6  # shorter than the test prompts, so the sliding-window layer really slides
 
 
 def gemma3() -> TinyVLM:
     """Gemma3: SigLIP tower on 32x32 images of 8x8 patches, pooled to 4 soft tokens between BOI/EOI.
 
-    Two layers: one sliding-window layer, one global layer (window larger than the test prompts).
+    Two layers: one sliding-window layer (window of :data:`GEMMA_WINDOW` tokens), one global layer.
     """
     tok = _tokenizer(*GEMMA_SPECIAL)
     boi, eoi, image_id = tok.convert_tokens_to_ids(list(GEMMA_SPECIAL))
@@ -271,7 +294,7 @@ def gemma3() -> TinyVLM:
         text_config=Gemma3TextConfig(
             vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2,
             num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=16, query_pre_attn_scalar=16,
-            max_position_embeddings=512, sliding_window=256, layer_types=["sliding_attention", "full_attention"],
+            max_position_embeddings=512, sliding_window=GEMMA_WINDOW, layer_types=["sliding_attention", "full_attention"],
             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         ),
         vision_config=SiglipVisionConfig(
@@ -282,11 +305,8 @@ def gemma3() -> TinyVLM:
     )
     model = _finish(_seeded(lambda: _gemma3_with_projection(config)), tok)
 
-    def pixels(n: int) -> dict[str, torch.Tensor]:
-        return {"pixel_values": torch.randn(n, 3, 32, 32)}
-
     block = [boi] + [image_id] * 4 + [eoi]
-    return TinyVLM("gemma3", model, tok, block, image_id, pixels, token_type_key="token_type_ids")
+    return TinyVLM("gemma3", model, tok, block, image_id, (3, 32, 32), _stack(), token_type_key="token_type_ids")
 
 
 def _gemma3_with_projection(config: Gemma3Config) -> Gemma3ForConditionalGeneration:
@@ -316,11 +336,8 @@ def internvl() -> TinyVLM:
     )
     model = _finish(_seeded(lambda: InternVLForConditionalGeneration(config)), tok)
 
-    def pixels(n: int) -> dict[str, torch.Tensor]:
-        return {"pixel_values": torch.randn(n, 3, 32, 32)}
-
     block = [start] + [image_id] * 4 + [end]
-    return TinyVLM("internvl", model, tok, block, image_id, pixels)
+    return TinyVLM("internvl", model, tok, block, image_id, (3, 32, 32), _stack())
 
 
 FAMILIES: dict[str, Callable[[], TinyVLM]] = {

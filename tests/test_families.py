@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import FAMILIES, IMAGE, TinyVLM, build_inputs
+from families import FAMILIES, IMAGE, TinyVLM, build_batch, build_inputs
 
 import futuremask as fm
 
@@ -28,8 +28,9 @@ def vlm(request) -> TinyVLM:
 # --- independent computations ----------------------------------------------------------------------
 
 
-def definition_mask(policy: str, input_ids: torch.Tensor, vlm: TinyVLM) -> torch.Tensor:
-    """bool ``[L, L]`` from DESIGN §3 for one unpadded prompt (every position is prompt).
+def definition_mask(policy: str, input_ids: torch.Tensor, vlm: TinyVLM, prompt_len: int | None = None) -> torch.Tensor:
+    """bool ``[L, L]`` from DESIGN §3 for one unpadded sequence whose first ``prompt_len`` positions
+    (default: all) are the prompt and the rest a continuation.
 
     For Gemma3 the model's own image-bidirectional blocks (same contiguous image run) are added,
     since futuremask ORs the policy on top of Gemma3's mask.
@@ -37,14 +38,15 @@ def definition_mask(policy: str, input_ids: torch.Tensor, vlm: TinyVLM) -> torch
     modality = (input_ids == vlm.image_token_id).long()
     vis = modality.bool()
     length = len(input_ids)
+    prompt = torch.arange(length) < (length if prompt_len is None else prompt_len)
     i = torch.arange(length)[:, None]
     j = torch.arange(length)[None, :]
     extra = {
         "causal": torch.zeros(length, length, dtype=torch.bool),
-        "future": vis[i].expand(-1, length),
-        "future_v2v": vis[i] & vis[j],
-        "future_v2t": vis[i] & ~vis[j],
-        "mma": modality[i] != modality[j],
+        "future": vis[i] & prompt[j],
+        "future_v2v": vis[i] & vis[j] & prompt[j],
+        "future_v2t": vis[i] & ~vis[j] & prompt[j],
+        "mma": (modality[i] != modality[j]) & prompt[i] & prompt[j],
     }[policy]
     allowed = (j <= i) | extra
     if vlm.name == "gemma3":
@@ -67,9 +69,18 @@ def _positions(vlm: TinyVLM, inputs: dict) -> torch.Tensor | None:
 
 
 def dense_forward(vlm: TinyVLM, inputs: dict, mask: torch.Tensor, use_cache: bool = False):
-    """The untouched model's forward with an explicit boolean mask ``[L, L]`` on every text layer."""
+    """The untouched model's forward with an explicit boolean mask ``[L, L]`` on every text layer.
+
+    Gemma3's sliding-window layers get ``mask`` cut to the window's reach into the past
+    (``j > i - window``), the way Gemma3 cuts its own image blocks.
+    """
     call = {k: v for k, v in inputs.items() if k not in ("attention_mask", "token_type_ids", "mm_token_type_ids")}
     call["attention_mask"] = mask[None, None]
+    if vlm.name == "gemma3":
+        length = mask.shape[0]
+        i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
+        window = vlm.model.config.get_text_config().sliding_window
+        call["attention_mask"] = {"full_attention": mask[None, None], "sliding_attention": (mask & (j > i - window))[None, None]}
     positions = _positions(vlm, inputs)
     if positions is not None:
         call["position_ids"] = positions
@@ -105,10 +116,11 @@ def logits_of(vlm: TinyVLM, inputs: dict) -> torch.Tensor:
         return vlm.model(**inputs).logits
 
 
-def generate(vlm: TinyVLM, inputs: dict):
+def generate(vlm: TinyVLM, inputs: dict, **kwargs):
     with torch.no_grad():
         return vlm.model.generate(
-            **inputs, max_new_tokens=NEW_TOKENS, do_sample=False, return_dict_in_generate=True, output_logits=True
+            **inputs, max_new_tokens=NEW_TOKENS, do_sample=False, return_dict_in_generate=True, output_logits=True,
+            **kwargs,
         )
 
 
@@ -145,8 +157,11 @@ def test_policy_matches_dense_definition(vlm, policy):
     stock = logits_of(vlm, inputs)
     with fm.apply(vlm.model, policy):
         got = logits_of(vlm, inputs)
+    with fm.apply(vlm.model, policy, backend="eager"):
+        got_eager = logits_of(vlm, inputs)
     expected = dense_forward(vlm, inputs, definition_mask(policy, inputs["input_ids"][0], vlm)).logits
     assert (got - expected).abs().max() <= 1e-5
+    assert (got_eager - expected).abs().max() <= 1e-5
     assert (got - stock).abs().max() > 1e-3, "the policy should change the logits of an image prompt"
     assert (got[0, -1] - stock[0, -1]).abs().max() > 1e-4, "text after the images should feel the change"
 
@@ -165,13 +180,49 @@ def test_generate_is_policy_prefill_then_causal_decode(vlm, policy):
     length = inputs["input_ids"].shape[1]
     with fm.apply(vlm.model, policy):
         out = generate(vlm, inputs)
+        static = generate(vlm, inputs, cache_implementation="static")
     prefill = dense_forward(vlm, inputs, definition_mask(policy, inputs["input_ids"][0], vlm), use_cache=True)
     tokens, step_logits = manual_greedy(vlm, inputs, prefill, NEW_TOKENS)
     assert out.sequences[0, length:].tolist() == tokens
-    for got, want in zip(out.logits, step_logits, strict=True):
+    assert static.sequences[0, length:].tolist() == tokens
+    for got, got_static, want in zip(out.logits, static.logits, step_logits, strict=True):
         assert (got[0] - want).abs().max() <= 1e-4
+        assert (got_static[0] - want).abs().max() <= 1e-4
     stock = generate(vlm, inputs)
     assert (stock.logits[0] - out.logits[0]).abs().max() > 1e-4, "generate() must run the prefill under the policy"
+
+
+@pytest.mark.parametrize("policy", ["future", "mma"])
+def test_left_padded_batch_matches_each_prompt_alone(vlm, policy):
+    prompts = [IMAGE_PROMPT, TEXT_PROMPT, ONE_IMAGE_PROMPT]
+    batch = build_batch(vlm, prompts, seeds=[0, 1, 2])
+    assert (batch["attention_mask"] == 0).any(dim=1).tolist() == [False, True, True]
+    with fm.apply(vlm.model, policy):
+        out = generate(vlm, batch)
+        for b, segments in enumerate(prompts):
+            alone = generate(vlm, build_inputs(vlm, segments, seed=b))
+            assert out.sequences[b, -NEW_TOKENS:].tolist() == alone.sequences[0, -NEW_TOKENS:].tolist()
+            for got, want in zip(out.logits, alone.logits, strict=True):
+                assert (got[b] - want[0]).abs().max() <= 1e-4
+
+
+# --- continuation scoring --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ("causal",) + FUTURE_POLICIES)
+def test_continuation_logprob_matches_dense_definition(vlm, policy):
+    inputs = build_inputs(vlm, IMAGE_PROMPT)
+    prompt_len = inputs["input_ids"].shape[1]
+    cont = torch.tensor([vlm.tokenizer.convert_tokens_to_ids("the red circle is left".split())])
+    got = fm.continuation_logprob(vlm.model, inputs, cont, policy=policy)
+    full = {**inputs, "input_ids": torch.cat([inputs["input_ids"], cont], 1)}
+    full["attention_mask"] = torch.ones_like(full["input_ids"])
+    if vlm.token_type_key is not None:
+        full[vlm.token_type_key] = torch.nn.functional.pad(inputs[vlm.token_type_key], (0, cont.shape[1]))
+    mask = definition_mask(policy, full["input_ids"][0], vlm, prompt_len=prompt_len)
+    logits = dense_forward(vlm, full, mask).logits[0, prompt_len - 1 : -1]
+    want = torch.log_softmax(logits, -1).gather(-1, cont[0, :, None]).sum()
+    assert abs(float(got[0]) - float(want)) <= 1e-5
 
 
 # --- (d) the light (merge) variant -----------------------------------------------------------------
