@@ -91,10 +91,11 @@ def test_verify_fails_when_the_continuation_leaks(loaded, monkeypatch):
     assert failed == [("continuation", "future")]
 
 
-def test_verify_with_lse_merge_passes(loaded):
+@pytest.mark.parametrize("kind", ["lse", "kernel"])
+def test_verify_with_merge_passes(loaded, kind):
     model, processor = loaded
-    results = verify(model, processor, ["future_v2v"], merge="lse", progress=False)
-    assert {r.policy for r in results} == {"causal", "future_v2v+lse"}
+    results = verify(model, processor, ["future_v2v"], merge=kind, progress=False)
+    assert {r.policy for r in results} == {"causal", f"future_v2v+{kind}"}
     assert all(r.passed for r in results), [r for r in results if not r.passed]
 
 

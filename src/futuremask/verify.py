@@ -189,8 +189,8 @@ class _Verifier:
         pairs += [(x[0, early], y[0, early]) for x, y in zip(a.hidden_states, b.hidden_states, strict=True)]
         pairs.append((a.logits[0, early], b.logits[0, early]))
         moved = _max_diff([(a.hidden_states[1][0, t], b.hidden_states[1][0, t])])
-        detail = (f"token {t} changed: {len(rows)} earlier text rows after layer 1, {len(early)} rows before the image "
-                  f"at every layer")
+        detail = (f"token {t} changed: {_count(len(rows), 'earlier text row')} after layer 1, "
+                  f"{_count(len(early), 'row')} before the image at every layer")
         result = self.result("text-causal", policy, _max_diff(pairs), self.tolerance(a.logits), detail)
         if moved == 0.0:
             return CheckResult("text-causal", policy, "fail", 0.0, result.tolerance, "changing the token changed nothing")
@@ -237,6 +237,10 @@ class _Verifier:
         pairs = [(batched[:, 0], alone_a[:, 0]), (batched[:, 1], alone_b[:, 0])]
         detail = f"greedy logits of 2 prompts alone vs in one batch ({pad} left-padding tokens)"
         return self.result("batch", policy, _max_diff(pairs), self.tolerance(alone_a), detail)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _other_text_token(ids: torch.Tensor, t: int, config) -> int:
