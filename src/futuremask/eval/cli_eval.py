@@ -119,11 +119,14 @@ def _score_and_report(
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..policies import get_policy
     from .data import load_tasks
     from .runner import RunConfig, evaluate, shard_from_env
 
     rank, world = shard_from_env()
     output_dir = Path(args.output_dir)
+    requested = args.policy or (DEMO_POLICIES if args.demo else PAPER_POLICIES)
+    policies = list(dict.fromkeys(get_policy(p).name for p in requested))  # unknown names fail before any work
     if args.demo:
         from .demo import DEMO_CHECKPOINT, generate_demo_data, load_demo_model
 
@@ -137,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
         model, processor = load_demo_model()
         model_name = "demo-vlm" if DEMO_CHECKPOINT.is_dir() and (DEMO_CHECKPOINT / "config.json").exists() \
             else "tiny-llava-random"
-        policies = args.policy or list(DEMO_POLICIES)
         tasks = load_tasks(data_dir, args.tasks)
         overwrite, batch_size = True, args.batch_size or 8
         max_new_tokens = args.max_new_tokens or DEMO_MAX_NEW_TOKENS
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir, runs_dir = Path(args.data_dir), output_dir
         tasks = load_tasks(data_dir, args.tasks, limit=args.limit, adv=args.adv)  # validates before any write
         model, processor = load_model(args.model, args.dtype, args.device)
-        model_name, policies = args.model, args.policy or PAPER_POLICIES
+        model_name = args.model
         overwrite, batch_size = args.overwrite, args.batch_size or 1
         max_new_tokens = args.max_new_tokens or 512
     if args.demo and args.device != "auto":
