@@ -48,16 +48,18 @@ def definition_mask(policy: str, input_ids: torch.Tensor, vlm: TinyVLM, prompt_l
         "future_v2t": vis[i] & ~vis[j] & prompt[j],
         "mma": (modality[i] != modality[j]) & prompt[i] & prompt[j],
     }[policy]
-    allowed = (j <= i) | extra
-    if vlm.name == "gemma3":
-        run, runs = -1, []
-        for k in range(length):
-            if vis[k] and (k == 0 or not vis[k - 1]):
-                run += 1
-            runs.append(run if vis[k] else -1)
-        runs = torch.tensor(runs)
-        allowed |= (runs[i] == runs[j]) & (runs[i] >= 0)
-    return allowed
+    return (j <= i) | extra | (image_blocks(vis) if vlm.name == "gemma3" else False)
+
+
+def image_blocks(vis: torch.Tensor) -> torch.Tensor:
+    """bool ``[L, L]``: pairs inside one contiguous run of image tokens (Gemma3's bidirectional blocks)."""
+    run, runs = -1, []
+    for k in range(len(vis)):
+        if vis[k] and (k == 0 or not vis[k - 1]):
+            run += 1
+        runs.append(run if vis[k] else -1)
+    runs = torch.tensor(runs)
+    return (runs[:, None] == runs[None, :]) & (runs[:, None] >= 0)
 
 
 def _positions(vlm: TinyVLM, inputs: dict) -> torch.Tensor | None:
@@ -169,6 +171,18 @@ def test_policy_matches_dense_definition(vlm, policy):
     with fm.apply(vlm.model, policy):
         got_text = logits_of(vlm, text)
     assert (got_text - logits_of(vlm, text)).abs().max() <= 1e-6
+
+
+def test_image_bidirectional_is_gemma3s_block_mask(vlm):
+    inputs = build_inputs(vlm, IMAGE_PROMPT)
+    ids = inputs["input_ids"][0]
+    with fm.apply(vlm.model, "image_bidirectional"):
+        got = logits_of(vlm, inputs)
+    causal = torch.arange(len(ids))[None, :] <= torch.arange(len(ids))[:, None]
+    expected = dense_forward(vlm, inputs, causal | image_blocks(ids == vlm.image_token_id)).logits
+    assert (got - expected).abs().max() <= 1e-5
+    if vlm.name == "gemma3":  # what Gemma3 does by itself
+        assert (got - logits_of(vlm, inputs)).abs().max() <= 1e-6
 
 
 # --- (c) generate = policy prefill + plain causal decoding with the cache ------------------------------
