@@ -103,6 +103,12 @@ def test_no_causal_run_means_no_deltas(tmp_path: Path) -> None:
     assert "No plain `causal` run" in text
 
 
+def test_all_equal_row_has_no_bold(tmp_path: Path) -> None:
+    _make_run(tmp_path, "a", "causal", None, {"TQA": 0.0})
+    _make_run(tmp_path, "b", "future", None, {"TQA": 0.0})
+    assert _row(build_report(tmp_path), "TQA") == "| TQA | Acc | 0.00 | 0.00 (+0.00) |"
+
+
 def test_paper_rows(outputs: Path) -> None:
     assert "Paper reference" not in build_report(outputs)
     text = build_report(outputs, paper=True)

@@ -124,12 +124,15 @@ def _pct(value: float) -> float:
 def _table(
     header: list[str], rows: list[tuple[list[str], list[float | None]]], baseline: int | None
 ) -> list[str]:
-    """Markdown table; ``rows`` are (leading cells, fractions per column); bold best, delta to baseline."""
+    """Markdown table; ``rows`` are (leading cells, fractions per column); bold best, delta to baseline.
+
+    Ties for the best value are all bold; a row where every value is the same has no bold cell.
+    """
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for lead, values in rows:
         shown = [None if v is None else _pct(v) for v in values]
         present = [v for v in shown if v is not None]
-        best = max(present) if len(present) > 1 else None
+        best = max(present) if len(set(present)) > 1 else None  # nothing is "best" when all tie
         cells = []
         for col, value in enumerate(shown):
             if value is None:
