@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "futuremask.cli_viz",
     "futuremask.cli_verify",
     "futuremask.bench.cli",
+    "futuremask.train.cli",
 ]
 
 

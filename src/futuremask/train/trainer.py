@@ -1,0 +1,155 @@
+"""Supervised fine-tuning under a mask policy with Hugging Face ``Trainer``.
+
+The recipe is the ordinary one: a :class:`~futuremask.train.collator.SFTCollator` makes batches with
+labels on the answer only, ``Trainer`` runs the optimisation, and the model's forward runs inside
+``futuremask.apply(model, policy)``. The prompt region of every training row is derived from its
+labels, so the policy's extra visibility (e.g. ``mma``: image tokens see the question after them)
+never reaches an answer token. Train and serve with the same policy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..hf import apply
+from .collator import SFTCollator
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (the same ones for every policy of a comparison).
+
+    Attributes:
+        policy: mask policy of the prompt pass during training (a name from ``futuremask.POLICIES``).
+        merge: a merge kind (``"kernel"`` / ``"lse"``) or None.
+        backend: attention backend for :func:`futuremask.apply` (``"sdpa"``, ``"eager"``, ``"flex"``, ``"auto"``).
+        steps: optimiser steps.
+        batch_size: rows per step.
+        learning_rate: peak AdamW learning rate (linear warm-up, cosine decay).
+        warmup_steps: steps of linear warm-up.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient clipping.
+        seed: seed of the data order and of dropout.
+        padding_side: ``"right"`` or ``"left"``.
+        log_every: log the mean training loss every this many steps.
+    """
+
+    policy: str = "causal"
+    merge: str | None = None
+    backend: str = "sdpa"
+    steps: int = 300
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    padding_side: str = "right"
+    log_every: int = 25
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the logged mean losses ``[(step, loss)]`` and the wall time in seconds."""
+
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def encode_examples(collator: SFTCollator, examples: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
+    """Tokenize and preprocess every example once (images included), so training steps only pad and stack."""
+    return [collator.encode(ex) for ex in tqdm(examples, desc="encoding", unit="example", leave=False)]
+
+
+def train(
+    model: Any,
+    processor: Any,
+    examples: list[dict[str, Any]],
+    config: TrainConfig,
+    *,
+    output_dir: str | os.PathLike | None = None,
+) -> TrainResult:
+    """Fine-tune ``model`` on ``examples`` under ``config.policy`` with ``transformers.Trainer``.
+
+    Args:
+        model: a transformers VLM (trained in place).
+        processor: its processor (chat template, tokenizer, image processor).
+        examples: SFT examples (``prompt``/``content``, ``images``, ``answer``), e.g. from
+            :func:`~futuremask.train.data.milebench_examples`.
+        config: the optimisation settings.
+        output_dir: when given, the trained model and processor are saved there (``save_pretrained``,
+            safetensors) with ``futuremask_training.json`` recording the settings and losses.
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    if not examples:
+        raise ValueError("no training examples")
+    collator = SFTCollator(processor, padding_side=config.padding_side)
+    dataset = encode_examples(collator, examples)
+    result = TrainResult()
+
+    class _Losses(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                result.losses.append((state.global_step, float(logs["loss"])))
+            if logs and "train_runtime" in logs:
+                result.seconds = float(logs["train_runtime"])
+
+    with tempfile.TemporaryDirectory(prefix="futuremask-train-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            max_steps=config.steps,
+            per_device_train_batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=config.warmup_steps,
+            weight_decay=config.weight_decay,
+            max_grad_norm=config.max_grad_norm,
+            seed=config.seed,
+            data_seed=config.seed,
+            logging_steps=config.log_every,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=not torch.cuda.is_available(),
+            remove_unused_columns=False,  # the collator needs its own keys; the model never sees them
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                          callbacks=[_Losses()])
+        model.train()
+        with apply(model, config.policy, merge=config.merge, backend=config.backend):
+            trainer.train()
+    model.eval()
+    if any(not math.isfinite(loss) for _, loss in result.losses):
+        raise RuntimeError(f"training diverged (non-finite loss): {result.losses}; lower the learning rate")
+    if output_dir is not None:
+        save_checkpoint(model, processor, output_dir, {"config": asdict(config), "losses": result.losses,
+                                                       "seconds": result.seconds, "examples": len(examples)})
+    return result
+
+
+def save_checkpoint(model: Any, processor: Any, output_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Save model + processor (safetensors) and ``futuremask_training.json``; returns the folder."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    tmp = out / "futuremask_training.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out / "futuremask_training.json")
+    return out
+
+
+__all__ = ["TrainConfig", "TrainResult", "encode_examples", "save_checkpoint", "train"]
