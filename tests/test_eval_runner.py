@@ -193,3 +193,34 @@ def test_shard_from_env(monkeypatch):
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ValueError, match="RANK=4"):
         runner.shard_from_env()
+
+
+def test_qwen2_vl_processor_batches_equal_batch_one(tasks, tmp_path, monkeypatch):
+    """An M-RoPE model whose processor wraps each image (vision start/end): padded batches == batch 1."""
+    from families import QWEN_SPECIAL, qwen2_vl
+    from transformers import Qwen2VLImageProcessorPil, Qwen2VLProcessor
+
+    from futuremask.eval.prompts import count_image_tokens
+
+    vlm = qwen2_vl()
+    vlm.tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", *QWEN_SPECIAL]})
+    template = (
+        "{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}"
+        "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
+        "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+    )
+    # the processor insists on a video processor, which needs torchvision; images are all we use
+    monkeypatch.setattr(Qwen2VLProcessor, "check_argument_for_proper_class", lambda self, name, arg: None)
+    images = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2,
+                                      temporal_patch_size=2)
+    processor = Qwen2VLProcessor(image_processor=images, tokenizer=vlm.tokenizer, chat_template=template)
+    with Image.open(tasks[0].samples[0].image_paths[0]) as im:
+        assert count_image_tokens(processor, im.convert("RGB")) == 1 + 4 + 1  # start, 2x2 merged patches, end
+    subset = tasks[:2]
+    for batch_size in (1, 3):
+        evaluate(vlm.model, processor, subset, ["causal", "future"], tmp_path / str(batch_size),
+                 _config(model="qwen", batch_size=batch_size, max_new_tokens=4))
+    assert _tree(tmp_path / "1") == _tree(tmp_path / "3")
+    preds = json.loads((tmp_path / "1" / "qwen__causal" / subset[0].name / "pred.json").read_text())
+    assert [r["sample_id"] for r in preds] == [s.sample_id for s in subset[0].samples]
+    assert all(r["pred_response"] for r in preds)
