@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from futuremask.eval import cli_score
-from futuremask.eval.scoring import score_run, score_task
+from futuremask.eval.scoring import expand_tasks, score_run, score_task
 from futuremask.eval.summary import CATEGORIES
 
 # ROUGE-L F of "the cat sat on the mat" vs "the cat is on the mat": P = R = 4/5 (see test_scoring_rules).
@@ -234,3 +234,15 @@ def test_score_command(run_dirs: tuple[Path, Path], capsys: pytest.CaptureFixtur
     assert (result_dir / "ColorPick" / "eval.json").exists() and not (
         result_dir / "Caption" / "eval.json"
     ).exists()
+
+
+def test_task_groups_expand_to_present_tasks(run_dirs: tuple[Path, Path]) -> None:
+    data_dir, result_dir = run_dirs
+    assert expand_tasks(["diagnostic"], result_dir) == ["TextNeedleInAHaystack"]
+    assert expand_tasks(["semantic", "Caption", "MMCoQA"], result_dir) == ["MMCoQA", "Caption"]
+    assert expand_tasks(["all"], result_dir) == ["Caption", "ColorPick", "MMCoQA", "TextNeedleInAHaystack"]
+    with pytest.raises(FileNotFoundError, match="no task of group 'temporal'"):
+        expand_tasks(["temporal"], result_dir)
+    summary = score_run(data_dir, result_dir, ["diagnostic"])
+    assert summary["tiny-causal"]["Diagnostic"]["TextNeedleInAHaystack"]["Accuracy"] == 0.5
+    assert not (result_dir / "Caption" / "eval.json").exists()

@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", required=True, help="MileBench-format data root")
     p.add_argument("--result-dir", required=True, help="run folder, e.g. outputs/<run>")
     p.add_argument(
-        "--tasks", nargs="+", default=None, help="tasks to score (default: every <Task>/pred.json)"
+        "--tasks",
+        nargs="+",
+        default=None,
+        help="tasks and/or groups temporal, semantic, diagnostic, all (default: every <Task>/pred.json)",
     )
     p.add_argument("--adv", action="store_true", help="score against the <Task>-adv.json variants")
     p.set_defaults(func=run_score)

@@ -30,7 +30,14 @@ from tqdm.auto import tqdm
 from .metrics import LEVELS, quantity_level, score_answer, scoring_rule
 from .normalize import normalize_answer
 from .options import extract_option
-from .summary import write_summary, write_text_atomic
+from .summary import CATEGORIES, write_summary, write_text_atomic
+
+TASK_GROUPS: dict[str, str] = {
+    "temporal": "Realistic Temporal",
+    "semantic": "Realistic Semantic",
+    "diagnostic": "Diagnostic",
+}
+"""Group names accepted by :func:`expand_tasks` (and ``futuremask score --tasks``), with ``all``."""
 
 
 @dataclass
@@ -207,6 +214,29 @@ def find_tasks(result_dir: str | os.PathLike) -> list[str]:
     return sorted(path.parent.name for path in Path(result_dir).glob("*/pred.json"))
 
 
+def expand_tasks(names: list[str] | None, result_dir: str | os.PathLike) -> list[str]:
+    """Task names with the groups ``temporal``, ``semantic``, ``diagnostic`` and ``all`` expanded.
+
+    A group stands for its MileBench tasks that have a ``pred.json`` under ``result_dir``; ``all`` (or
+    no names) for every task folder with a ``pred.json``. Other names are kept as given.
+    """
+    present = find_tasks(result_dir)
+    if not names:
+        return present
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            chosen = present
+        elif name in TASK_GROUPS:
+            chosen = [t for t in CATEGORIES[TASK_GROUPS[name]] if t in present]
+            if not chosen:
+                raise FileNotFoundError(f"no task of group {name!r} has a pred.json under {result_dir}")
+        else:
+            chosen = [name]
+        out += [t for t in chosen if t not in out]
+    return out
+
+
 def write_task_scores(result_dir: str | os.PathLike, scores: TaskScores) -> None:
     """Write ``eval.json``, ``eval_score.json`` and (multi-choice) ``pred_with_extracted.json``."""
     folder = Path(result_dir) / scores.task
@@ -228,7 +258,8 @@ def score_run(
     Args:
         data_dir: MileBench-format data root (``<data_dir>/<Task>/<Task>.json``).
         result_dir: the run folder, ``<output_dir>/<run_name>``, holding ``<Task>/pred.json``.
-        tasks: the tasks to score; by default every task folder with a ``pred.json``.
+        tasks: the tasks (or groups, see :func:`expand_tasks`) to score; by default every task folder
+            with a ``pred.json``.
         adv: score against the adversarial ``<Task>-adv.json`` files.
 
     Returns:
@@ -240,7 +271,7 @@ def score_run(
         raise FileNotFoundError(f"result directory {result_dir} does not exist")
     if not Path(data_dir).is_dir():
         raise FileNotFoundError(f"data directory {data_dir} does not exist")
-    names = list(tasks) if tasks else find_tasks(result_dir)
+    names = expand_tasks(list(tasks) if tasks else None, result_dir)
     if not names:
         raise FileNotFoundError(f"no <Task>/pred.json under {result_dir}; nothing to score")
     results = [
@@ -253,7 +284,9 @@ def score_run(
 
 
 __all__ = [
+    "TASK_GROUPS",
     "TaskScores",
+    "expand_tasks",
     "extract_option",
     "find_tasks",
     "load_annotation",
