@@ -224,3 +224,21 @@ def test_qwen2_vl_processor_batches_equal_batch_one(tasks, tmp_path, monkeypatch
     preds = json.loads((tmp_path / "1" / "qwen__causal" / subset[0].name / "pred.json").read_text())
     assert [r["sample_id"] for r in preds] == [s.sample_id for s in subset[0].samples]
     assert all(r["pred_response"] for r in preds)
+
+
+def test_cli_with_a_saved_checkpoint_matches_the_in_memory_model(model_and_processor, tasks, tmp_path):
+    """`futuremask eval --model DIR` loads through AutoModelForImageTextToText/AutoProcessor: same answers."""
+    from futuremask.cli import main
+
+    model, processor = model_and_processor
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    data_dir = Path(tasks[0].path).parent.parent
+    assert main(["eval", "--data-dir", str(data_dir), "--model", str(tmp_path / "ckpt"), "--policy", "future",
+                 "--tasks", "DemoCount", "--max-new-tokens", "5", "--batch-size", "2", "--output-dir",
+                 str(tmp_path / "cli"), "--no-progress", "--no-score"]) == 0
+    evaluate(model, processor, [t for t in tasks if t.name == "DemoCount"], ["future"], tmp_path / "api", _config())
+    cli = json.loads((tmp_path / "cli" / "ckpt__future" / "DemoCount" / "pred.json").read_text())
+    api = json.loads((tmp_path / "api" / "tiny__future" / "DemoCount" / "pred.json").read_text())
+    assert [r["gen_model_id"] for r in cli] == [str(tmp_path / "ckpt")] * len(api)
+    assert [(r["question"], r["pred_response"]) for r in cli] == [(r["question"], r["pred_response"]) for r in api]
