@@ -70,10 +70,8 @@ def _plan_block(rows: torch.Tensor, start: int, stop: int) -> tuple[Piece, ...]:
     status = torch.where(col_all, _FULL, torch.where(col_any, _MIXED, _SKIP)).to(torch.int8)
     diag = rows[:, :, start:stop]
     segments = _runs(status[:start], 0)
-    if diag.all():
-        segments.append((start, stop, _FULL))
-    elif not diag.any():
-        segments.append((start, stop, _SKIP))
+    if not (status[start:stop] == _MIXED).any():  # each key of the square is seen by all rows or none
+        segments += _runs(status[start:stop], start)
     elif torch.equal(diag, torch.ones(n, n, dtype=torch.bool, device=rows.device).tril().expand_as(diag)):
         segments.append((start, stop, -1))  # the causal square
     else:
@@ -101,23 +99,51 @@ def _plan_block(rows: torch.Tensor, start: int, stop: int) -> tuple[Piece, ...]:
     return tuple(pieces)
 
 
-def row_runs(mask: torch.Tensor, max_rows: int | None = None, chunk: int = 1024) -> list[tuple[int, int]]:
-    """Maximal runs of query rows whose masks differ from the previous row only at its own column.
+_SAME, _GROW, _BREAK, _EITHER = 0, 1, 2, 3
 
-    Such a run is a block of identical rows (a visual block seeing the whole prompt) or a causal
-    staircase; its keys outside the run's own square are then the same for every row. Runs longer
-    than ``max_rows`` (if given) are cut. ``mask`` is bool ``[B, 1, Lq, Lk]``; rows are compared ``chunk`` at a time.
-    """
+
+def _transitions(mask: torch.Tensor, chunk: int) -> list[int]:
+    """Per row ``i >= 1``: ``_SAME`` (row equals row ``i-1``), ``_GROW`` (it adds only key ``i``), ``_BREAK``
+    (anything else, in some batch row), or ``_EITHER`` (batch rows disagree between same and grow)."""
     lq, lk = mask.shape[2], mask.shape[3]
-    starts = [0]
+    kinds: list[int] = []
     for c0 in range(1, lq, chunk):
         c1 = min(c0 + chunk, lq)
-        diff = mask[:, 0, c0:c1] ^ mask[:, 0, c0 - 1 : c1 - 1]  # [B, n, Lk]
-        own = torch.arange(c0, c1, device=mask.device)
-        if lk > c0:
-            diff[:, torch.arange(c1 - c0, device=mask.device)[own < lk], own[own < lk]] = False
-        new_run = diff.any(-1).any(0).nonzero().flatten()
-        starts += (new_run + c0).tolist()
+        rows, prev = mask[:, 0, c0:c1], mask[:, 0, c0 - 1 : c1 - 1]  # [B, n, Lk]
+        own = torch.arange(c0, c1, device=mask.device).clamp(max=lk - 1)
+        local = torch.arange(c1 - c0, device=mask.device)
+        inside = own >= torch.arange(c0, c1, device=mask.device)  # key i exists
+        diff = rows ^ prev
+        gains_own = rows[:, local, own] & ~prev[:, local, own] & inside  # [B, n]
+        diff[:, local, own] &= ~inside  # ignore key i itself ...
+        other = diff.any(-1)  # ... any other difference breaks the run
+        same = ~other & ~gains_own & (~inside | (rows[:, local, own] == prev[:, local, own]))
+        grow = ~other & gains_own
+        kind = torch.full_like(other, _BREAK, dtype=torch.int8)
+        kind[same] = _SAME
+        kind[grow] = _GROW
+        agree = (kind == kind[:1]).all(0)
+        broken = (kind == _BREAK).any(0)
+        merged = torch.where(agree, kind[0], torch.full_like(kind[0], _EITHER))  # batch rows disagree (padding)
+        kinds += torch.where(broken, torch.full_like(merged, _BREAK), merged).tolist()
+    return kinds
+
+
+def row_runs(mask: torch.Tensor, max_rows: int | None = None, chunk: int = 1024) -> list[tuple[int, int]]:
+    """Maximal runs of query rows that are all identical, or a causal staircase (each adds its own key).
+
+    In such a run the keys outside the run's own square are the same for every row, and the square is
+    full or lower-triangular. Runs longer than ``max_rows`` (if given) are cut. ``mask`` is bool
+    ``[B, 1, Lq, Lk]``; rows are compared ``chunk`` at a time.
+    """
+    lq = mask.shape[2]
+    starts, run_kind = [0], None
+    for i, kind in enumerate(_transitions(mask, chunk), start=1):
+        if kind == _BREAK or (run_kind is not None and kind not in (run_kind, _EITHER)):
+            starts.append(i)
+            run_kind = None
+        elif kind != _EITHER:
+            run_kind = kind
     starts.append(lq)
     step = max_rows or lq
     runs = []

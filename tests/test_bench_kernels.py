@@ -1,0 +1,161 @@
+"""The mechanisms behind the benchmark's figures, at the kernel level (no timings).
+
+* blocked SDPA gives SDPA's result under every policy mask, with padding and grouped heads;
+* its plan scores the attended pairs plus at most part of a diagonal square, never L^2 for a
+  causal-like mask, and bounds the float mask it hands to SDPA by the block size;
+* the merge kernel scores rows a chunk at a time, the chunk set by ``chunk_bytes``, not by L.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import futuremask.kernels.merge as merge_kernel
+from futuremask import Merge, build_mask
+from futuremask.kernels import blocked, sdpa
+from futuremask.kernels.blocked import blocked_sdpa, plan
+from futuremask.layout import TokenLayout
+from futuremask.policies import POLICIES, policy_mask
+
+
+def _layout(length: int, spans: list[tuple[int, int]]) -> torch.Tensor:
+    vis = torch.zeros(length, dtype=torch.bool)
+    for s, e in spans:
+        vis[s:e] = True
+    return vis
+
+
+def _scored_pairs(blocks) -> int:
+    """Pairs SDPA computes under a plan: full and masked pieces are rectangles, causal ones triangles."""
+    total = 0
+    for blk in blocks:
+        n = blk.stop - blk.start
+        for p in blk.pieces:
+            total += n * (n + 1) // 2 if p.kind == "causal" else n * (p.stop - p.start)
+    return total
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_blocked_sdpa_equals_sdpa_under_every_policy(policy):
+    torch.manual_seed(0)
+    length = 300
+    vis = _layout(length, [(20, 120), (150, 230)])
+    attention_mask = torch.ones(2, length, dtype=torch.long)
+    attention_mask[1, :17] = 0  # left padding in the second row
+    mask = build_mask(policy, vis, attention_mask=attention_mask)[:, None]
+    q, k, v = (torch.randn(2, 4, length, 8) for _ in range(3))
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    for block in (16, 64, 1024):
+        out = blocked_sdpa(q, k, v, mask, block=block)
+        torch.testing.assert_close(out, expected, atol=2e-6, rtol=1e-5)
+
+
+def test_fully_masked_rows_come_out_as_zeros():
+    torch.manual_seed(1)
+    mask = build_mask("future", _layout(40, [(5, 20)]))[:, None].clone()
+    mask[0, 0, 10:14] = False  # rows with no key at all
+    q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
+    out = blocked_sdpa(q, k, v, mask, block=8)
+    assert torch.all(out[0, :, 10:14] == 0)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=2e-6, rtol=1e-5)
+
+
+def test_causal_mask_is_one_causal_call():
+    mask = build_mask("causal", torch.zeros(500, dtype=torch.bool))[:, None]
+    blocks = plan(mask, block=64)
+    assert [(b.start, b.stop) for b in blocks] == [(0, 500)]
+    assert [(p.start, p.stop, p.kind) for p in blocks[0].pieces] == [(0, 500, "causal")]
+
+
+def test_plan_of_future_mask_scores_only_attended_pairs():
+    # text 0-99, image 100-299, text 300-399: text rows are causal, image rows see the whole prompt
+    vis = _layout(400, [(100, 300)])
+    mask = build_mask("future", vis)[:, None]
+    blocks = plan(mask, block=1024)
+    shapes = [(b.start, b.stop, [(p.start, p.stop, p.kind) for p in b.pieces]) for b in blocks]
+    assert shapes == [
+        (0, 100, [(0, 100, "causal")]),
+        (100, 300, [(0, 400, "full")]),
+        (300, 400, [(0, 300, "full"), (300, 400, "causal")]),
+    ]
+    assert _scored_pairs(blocks) == int(mask.sum())
+
+
+@pytest.mark.parametrize("policy", ["future_v2v", "future_v2t", "mma", "image_bidirectional"])
+def test_plan_work_is_attended_pairs_without_masked_pieces(policy):
+    vis = _layout(600, [(50, 250), (300, 500)])
+    mask = build_mask(policy, vis)[:, None]
+    blocks = plan(mask, block=1024)
+    assert all(p.kind != "masked" for b in blocks for p in b.pieces)
+    assert _scored_pairs(blocks) == int(mask.sum())
+
+
+def test_masked_pieces_are_cut_to_the_block_size():
+    vis = _layout(300, [(20, 200)])
+    attention_mask = torch.ones(2, 300, dtype=torch.long)
+    attention_mask[0, :9] = 0  # rows of the batch differ: the padding columns need a mask
+    mask = build_mask("future", vis, attention_mask=attention_mask)[:, None]
+    blocks = plan(mask, block=32)
+    masked = [(b, p) for b in blocks for p in b.pieces if p.kind == "masked"]
+    assert masked
+    for b, p in masked:
+        assert b.stop - b.start <= 32
+        assert p.mask.shape == (2, 1, b.stop - b.start, p.stop - p.start)
+
+
+def test_plan_is_built_once_per_mask(monkeypatch):
+    calls = []
+    real = blocked.plan
+    monkeypatch.setattr(blocked, "plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    mask = build_mask("future_v2v", _layout(200, [(10, 90)]))[:, None]
+    q, k, v = (torch.randn(1, 2, 200, 8) for _ in range(3))
+    first = blocked_sdpa(q, k, v, mask)
+    for _ in range(3):  # every layer of a forward passes the same mask tensor
+        torch.testing.assert_close(blocked_sdpa(q, k, v, mask), first)
+    assert len(calls) == 1
+    blocked_sdpa(q, k, v, mask.clone())  # a new forward: a new mask, a new plan
+    assert len(calls) == 2
+
+
+def test_sdpa_attention_routes_long_prompts_through_blocked(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sdpa, "blocked_sdpa", lambda *a, **k: seen.append(a[3].shape) or blocked_sdpa(*a, **k))
+    monkeypatch.setattr(sdpa, "MIN_BLOCKED_ROWS", 64)
+    mask = build_mask("mma", _layout(100, [(30, 60)]))[:, None]
+    q = torch.randn(1, 4, 100, 8)
+    k, v = torch.randn(1, 2, 100, 8), torch.randn(1, 2, 100, 8)  # grouped heads
+    out = sdpa.sdpa_attention(q, k, v, mask)
+    kk, vv = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask), atol=2e-6, rtol=1e-5)
+    assert seen == [mask.shape]
+    short = build_mask("mma", _layout(50, [(10, 20)]))[:, None]
+    sdpa.sdpa_attention(q[:, :, :50], k[:, :, :50], v[:, :, :50], short)  # below the threshold: plain SDPA
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("length", [64, 256])
+def test_merge_kernel_scores_a_chunk_of_rows_at_a_time(monkeypatch, length):
+    heads, dim = 4, 8
+    rows_wanted = 5
+    chunk_bytes = 4 * 6 * heads * length * rows_wanted  # the kernel's own sizing rule: 6 float32 [H, R, L]
+    sizes = []
+    real = merge_kernel.merged_logits
+    monkeypatch.setattr(merge_kernel, "merged_logits",
+                        lambda scores, *a, **k: sizes.append(scores.numel() * 4) or real(scores, *a, **k))
+    torch.manual_seed(2)
+    vis = _layout(length, [(length // 8, length // 2)])
+    layout = TokenLayout.from_masks(vis)
+    base = policy_mask("causal", layout)
+    future = policy_mask("future", layout) & ~base
+    q, k, v = (torch.randn(1, heads, length, dim) for _ in range(3))
+    sinks = layout.sink_positions(1)
+    out = merge_kernel.merge_attention(q, k, v, base, future, merge=Merge(), prefix_positions=sinks,
+                                       chunk_bytes=chunk_bytes)
+    whole = merge_kernel.merge_attention(q, k, v, base, future, merge=Merge(), prefix_positions=sinks,
+                                         chunk_bytes=2**40)
+    torch.testing.assert_close(out, whole)
+    future_rows = int(future[0].any(-1).sum())
+    assert len(sizes) == -(-future_rows // rows_wanted) + 1  # chunks of this call, then one call for `whole`
+    assert max(sizes[:-1]) == heads * rows_wanted * length * 4 <= chunk_bytes / 6
