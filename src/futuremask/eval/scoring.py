@@ -71,8 +71,6 @@ class TaskScores:
 
 def _id_key(value: Any) -> Any:
     """Sample ids compare as integers when they look like integers (the official code calls ``int``)."""
-    if isinstance(value, bool):
-        return value
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
@@ -115,7 +113,10 @@ def score_task(task: str, annotation: dict[str, Any], predictions: list[dict[str
             "finish (or re-run) the generation for every sample before scoring"
         )
 
-    records = [copy.deepcopy(dict(rec)) for rec in predictions]
+    for rec in predictions:
+        if not isinstance(rec, dict):
+            raise ValueError(f"{task}: pred.json must hold JSON objects, found {type(rec).__name__}: {rec!r:.200}")
+    records = [copy.deepcopy(rec) for rec in predictions]
     by_id: dict[Any, dict[str, Any]] = {}
     for rec in records:
         if "sample_id" not in rec:
@@ -274,10 +275,11 @@ def score_run(
     names = expand_tasks(list(tasks) if tasks else None, result_dir)
     if not names:
         raise FileNotFoundError(f"no <Task>/pred.json under {result_dir}; nothing to score")
-    results = [
-        score_task(task, load_annotation(data_dir, task, adv), load_predictions(result_dir, task))
-        for task in tqdm(names, desc="scoring", unit="task", disable=len(names) < 2)
-    ]
+    results = []
+    with tqdm(names, desc="scoring", unit="task", disable=len(names) < 2) as bar:
+        for task in bar:  # the bar closes before an error propagates, so messages are not interleaved
+            annotation = load_annotation(data_dir, task, adv)
+            results.append(score_task(task, annotation, load_predictions(result_dir, task)))
     for scores in results:
         write_task_scores(result_dir, scores)
     return write_summary(result_dir)
