@@ -115,7 +115,8 @@ def score_task(task: str, annotation: dict[str, Any], predictions: list[dict[str
 
     for rec in predictions:
         if not isinstance(rec, dict):
-            raise ValueError(f"{task}: pred.json must hold JSON objects, found {type(rec).__name__}: {rec!r:.200}")
+            found = f"{type(rec).__name__}: {rec!r:.200}"
+            raise ValueError(f"{task}: pred.json must hold JSON objects, found {found}")
     records = [copy.deepcopy(rec) for rec in predictions]
     by_id: dict[Any, dict[str, Any]] = {}
     for rec in records:
@@ -126,9 +127,16 @@ def score_task(task: str, annotation: dict[str, Any], predictions: list[dict[str
             raise ValueError(f"{task}: sample_id {rec['sample_id']!r} appears twice in pred.json")
         by_id[key] = rec
 
+    seen: set[Any] = set()
     for sample in data:
+        if not isinstance(sample, dict):
+            raise ValueError(f"{task}: the data must hold JSON objects, found {type(sample).__name__}")
         where = f"{task} sample {sample.get('sample_id')!r}"
-        rec = by_id.get(_id_key(sample.get("sample_id")))
+        key = _id_key(sample.get("sample_id"))
+        if key in seen:
+            raise ValueError(f"{where}: this sample_id appears twice in the data file")
+        seen.add(key)
+        rec = by_id.get(key)
         if rec is None:
             raise ValueError(f"{where}: no prediction with this sample_id in pred.json")
         instance = sample.get("task_instance", {})
