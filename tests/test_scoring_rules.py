@@ -162,3 +162,11 @@ def test_rouge_rule_normalises_and_scores_empty_as_int_zero() -> None:
     assert empty == 0 and isinstance(empty, int)
     with pytest.raises(ValueError, match="empty after normalisation"):
         score_answer("rouge", "x", "...")
+
+
+def test_rouge_l_long_prediction_beyond_the_recursion_limit() -> None:
+    # The package rebuilds the LCS recursively (depth ~ words of both sentences); 1200 words exceed
+    # Python's default limit of 1000. Distinct words n = 1200, m = 2, LCS {w0, w5}: P = 2/1200, R = 1.
+    prediction = " ".join(f"w{i}" for i in range(1200))
+    p, r = 2 / 1200, 1.0
+    assert rouge_l_f(prediction, "w0 w5") == 2.0 * (p * r / (p + r + 1e-8))
