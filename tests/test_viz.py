@@ -138,6 +138,13 @@ def test_show_mask_cli_real_prompt(tmp_path, capsys, tiny):
     # "USER: <image> what color ? ASSISTANT:" -> 1 text token, 16 image tokens, 4 text tokens
     assert "21 tokens (text 1, image 16, text 4)" in capsys.readouterr().out
     assert out.stat().st_size > 10_000
+    model.save_pretrained(tmp_path / "ckpt")
+    amap = tmp_path / "attn.svg"
+    args = ["attention-map", "--model", str(tmp_path / "ckpt"), "--policy", "mma", "--head", "0", "--output", str(amap)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "built-in" not in captured.err and captured.out.splitlines()[2].split()[0] == "mma"
+    assert "<svg" in amap.read_text()
 
 
 def _eager_weights(model, inputs, policy, layer):
