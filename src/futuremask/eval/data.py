@@ -15,17 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TEMPORAL = (
-    "ActionLocalization", "ActionPrediction", "ActionSequence", "CharacterOrder", "CounterfactualInference",
-    "EgocentricNavigation", "MovingAttribute", "MovingDirection", "ObjectExistence", "ObjectInteraction",
-    "ObjectShuffle", "SceneTransition", "StateChange",
-)
-SEMANTIC = (
-    "ALFRED", "CLEVR-Change", "DocVQA", "IEdit", "MMCoQA", "MultiModalQA", "nuscenes", "OCR-VQA",
-    "SlideVQA", "Spot-the-Diff", "TQA", "WebQA", "WikiVQA",
-)
-DIAGNOSTIC = ("TextNeedleInAHaystack", "ImageNeedleInAHaystack", "GPR1200")
-TASK_GROUPS: dict[str, tuple[str, ...]] = {"temporal": TEMPORAL, "semantic": SEMANTIC, "diagnostic": DIAGNOSTIC}
+from .tasks import CATEGORIES, TASK_GROUPS, expand_task_names
+
 QUESTION_TYPES = ("open-ended", "multi-choice")
 PLACEHOLDER_RE = re.compile(r"\{(image|table)#(\d+)\}")
 
@@ -81,22 +72,17 @@ def resolve_tasks(data_dir: str | os.PathLike, tasks: list[str] | None = None, a
     present. A task named explicitly must be present.
     """
     present = available_tasks(data_dir, adv)
-    names: list[str] = []
-    for item in tasks or ["all"]:
-        if item == "all":
-            chosen = present
-        elif item in TASK_GROUPS:
-            chosen = [t for t in TASK_GROUPS[item] if t in present]
-            if not chosen:
-                raise DataError(f"no task of group {item!r} found in {str(data_dir)!r} (looked for {TASK_GROUPS[item]})")
-        else:
-            if item not in present:
-                raise DataError(
-                    f"task {item!r}: {str(task_file(data_dir, item, adv))!r} not found; tasks present: "
-                    f"{', '.join(present) or 'none'}; groups: {', '.join(TASK_GROUPS)}, all"
-                )
-            chosen = [item]
-        names.extend(t for t in chosen if t not in names)
+    try:
+        names = expand_task_names(tasks, present)
+    except LookupError as err:
+        group = CATEGORIES[TASK_GROUPS[err.args[0]]]
+        raise DataError(f"no task of group {err.args[0]!r} found in {str(data_dir)!r} (looked for {group})") from None
+    for name in names:
+        if name not in present:
+            raise DataError(
+                f"task {name!r}: {str(task_file(data_dir, name, adv))!r} not found; tasks present: "
+                f"{', '.join(present) or 'none'}; groups: {', '.join(TASK_GROUPS)}, all"
+            )
     if not names:
         raise DataError(f"no MileBench task found in {str(data_dir)!r} (expected <Task>/<Task>.json folders)")
     return names
@@ -214,6 +200,6 @@ def load_tasks(
 
 
 __all__ = [
-    "DIAGNOSTIC", "SEMANTIC", "TASK_GROUPS", "TEMPORAL", "DataError", "Sample", "Task",
+    "DataError", "Sample", "Task",
     "available_tasks", "load_task", "load_tasks", "resolve_tasks", "task_file",
 ]

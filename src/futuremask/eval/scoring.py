@@ -30,14 +30,8 @@ from tqdm.auto import tqdm
 from .metrics import LEVELS, quantity_level, score_answer, scoring_rule
 from .normalize import normalize_answer
 from .options import extract_option
-from .summary import CATEGORIES, write_summary, write_text_atomic
-
-TASK_GROUPS: dict[str, str] = {
-    "temporal": "Realistic Temporal",
-    "semantic": "Realistic Semantic",
-    "diagnostic": "Diagnostic",
-}
-"""Group names accepted by :func:`expand_tasks` (and ``futuremask score --tasks``), with ``all``."""
+from .summary import write_summary, write_text_atomic
+from .tasks import TASK_GROUPS, expand_task_names
 
 
 @dataclass
@@ -229,21 +223,10 @@ def expand_tasks(names: list[str] | None, result_dir: str | os.PathLike) -> list
     A group stands for its MileBench tasks that have a ``pred.json`` under ``result_dir``; ``all`` (or
     no names) for every task folder with a ``pred.json``. Other names are kept as given.
     """
-    present = find_tasks(result_dir)
-    if not names:
-        return present
-    out: list[str] = []
-    for name in names:
-        if name == "all":
-            chosen = present
-        elif name in TASK_GROUPS:
-            chosen = [t for t in CATEGORIES[TASK_GROUPS[name]] if t in present]
-            if not chosen:
-                raise FileNotFoundError(f"no task of group {name!r} has a pred.json under {result_dir}")
-        else:
-            chosen = [name]
-        out += [t for t in chosen if t not in out]
-    return out
+    try:
+        return expand_task_names(names, find_tasks(result_dir))
+    except LookupError as err:
+        raise FileNotFoundError(f"no task of group {err.args[0]!r} has a pred.json under {result_dir}") from None
 
 
 def write_task_scores(result_dir: str | os.PathLike, scores: TaskScores) -> None:

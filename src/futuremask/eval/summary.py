@@ -17,55 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-CATEGORIES: dict[str, tuple[str, ...]] = {
-    "Realistic Temporal": (
-        "ActionLocalization",
-        "ActionPrediction",
-        "ActionSequence",
-        "CharacterOrder",
-        "CounterfactualInference",
-        "EgocentricNavigation",
-        "MovingAttribute",
-        "MovingDirection",
-        "ObjectExistence",
-        "ObjectInteraction",
-        "ObjectShuffle",
-        "SceneTransition",
-        "StateChange",
-    ),
-    "Realistic Semantic": (
-        "ALFRED",
-        "CLEVR-Change",
-        "DocVQA",
-        "IEdit",
-        "MMCoQA",
-        "MultiModalQA",
-        "nuscenes",
-        "OCR-VQA",
-        "SlideVQA",
-        "Spot-the-Diff",
-        "TQA",
-        "WebQA",
-        "WikiVQA",
-    ),
-    "Diagnostic": ("TextNeedleInAHaystack", "ImageNeedleInAHaystack", "GPR1200"),
-}
-"""MileBench's 29 tasks by category, in the official ``score.py`` order."""
+from .tasks import CATEGORIES, MILEBENCH_TASKS, OTHER, category_of
 
-OTHER = "Other"
-"""Category of tasks that are not part of MileBench."""
-
-MILEBENCH_TASKS: tuple[str, ...] = tuple(task for tasks in CATEGORIES.values() for task in tasks)
 NON_SCORE_KEYS = ("image_quantity_level-Accuracy", "image_quantity_level-Result", "Diff-Accuracy")
 """``eval.json`` keys that ``result.csv`` leaves out (as the official ``score.py`` does)."""
-
-
-def category_of(task: str) -> str:
-    """The category of ``task``: one of :data:`CATEGORIES`' keys, or :data:`OTHER`."""
-    for category, tasks in CATEGORIES.items():
-        if task in tasks:
-            return category
-    return OTHER
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
