@@ -5,8 +5,7 @@
 * :func:`plot_attention` draws :class:`~futuremask.attnmap.AttentionMap` objects side by side.
 
 Every picture labels the text and visual spans of the sequence on both axes. Masks always come
-from :func:`futuremask.build_mask`'s machinery (:func:`~futuremask.policies.policy_mask`); nothing
-here re-implements a policy.
+from :func:`futuremask.build_mask`; nothing here re-implements a policy.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from .layout import IMAGE, TEXT, VIDEO, TokenLayout
-from .policies import get_policy, policy_mask
+from .policies import build_mask, get_policy
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -109,6 +108,13 @@ def spans(layout: TokenLayout) -> list[Span]:
     return out
 
 
+def _mask(policy: str, layout: TokenLayout) -> np.ndarray:
+    """bool ``[L, L]`` of row 0, straight from :func:`futuremask.build_mask`."""
+    return build_mask(
+        policy, layout.visual, attention_mask=layout.valid.long(), prompt_mask=layout.prompt, modality=layout.modality
+    )[0].numpy()
+
+
 def mask_image(panel: str, layout: TokenLayout, *, merge_policy: str = "future") -> np.ndarray:
     """float ``[L, L, 3]`` RGB picture of one panel, one pixel per (query row, key column) cell.
 
@@ -118,18 +124,18 @@ def mask_image(panel: str, layout: TokenLayout, *, merge_policy: str = "future")
     ``merge_policy``.
     """
     layout = as_layout(layout)
-    causal = policy_mask("causal", layout)[0].numpy()
+    causal = _mask("causal", layout)
     length = causal.shape[0]
     img = np.empty((length, length, 3), dtype=np.float32)
     img[:] = BLOCKED
     img[causal] = CAUSAL
     if panel == MERGE_PANEL:
-        extra = policy_mask(merge_policy, layout)[0].numpy() & ~causal
+        extra = _mask(merge_policy, layout) & ~causal
         sink = int(layout.first_valid[0])
         rows = extra.any(-1) & (np.arange(length) >= sink)
         img[rows, sink] = SINK
     else:
-        allowed = policy_mask(get_policy(panel), layout)[0].numpy()
+        allowed = _mask(panel, layout)
         img[allowed & ~causal] = FUTURE
     img[:, ~layout.valid[0].numpy()] = PADDING
     return img
