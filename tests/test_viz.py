@@ -223,3 +223,21 @@ def test_plot_attention_and_cli(tiny, tmp_path, capsys):
     assert lines[2].split()[:2] == ["causal", "0.000"] and lines[3].split()[:2] == ["future+lse", "0.000"]
     assert out.stat().st_size > 10_000
     assert main(["attention-map", "--policy", "a", "b", "c", "--output", str(out)]) == 2
+
+
+@pytest.mark.parametrize("family", ["llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "gemma3", "internvl"])
+def test_attention_map_matches_eager_weights_on_every_family(family):
+    from families import FAMILIES, IMAGE, build_inputs
+
+    vlm = FAMILIES[family]()
+    inputs = build_inputs(vlm, ["the", IMAGE, "color is the"])
+    amap = attention_map(vlm.model, inputs, "future", layer=-1)
+    names = [n for n, _ in vlm.model.named_modules() if n.endswith(f"layers.{amap.layer}.self_attn") and "vision" not in n]
+    assert len(names) == 1
+    got = {}
+    hook = vlm.model.get_submodule(names[0]).register_forward_hook(lambda mod, args, out: got.__setitem__("w", out[1]))
+    with fm.apply(vlm.model, "future", backend="eager"), torch.no_grad():
+        vlm.model(**inputs, use_cache=False)
+    hook.remove()
+    assert torch.allclose(amap.weights, got["w"][0].float().mean(0), atol=1e-6)
+    assert amap.future_mass[amap.layout.visual[0]].min() > 0
