@@ -50,6 +50,7 @@ def bench(
     repeats: int = 3,
     backend: str = "auto",
     kernel_bench: bool = True,
+    clock: str = "auto",
     dtype: str = "float32",
     device: str = "cpu",
     json_path: str | Path | None = None,
@@ -59,7 +60,8 @@ def bench(
     """Run the benchmark and return its records (see :func:`futuremask.bench.run.run_bench`).
 
     ``model`` is ``"synthetic"``, a hub id / local path, or an already loaded transformers VLM. With
-    ``json_path`` / ``plot_path`` the records / a PNG of the ratios are written there.
+    ``json_path`` / ``plot_path`` the records / a PNG of the ratios are written there. ``clock``:
+    ``auto`` (process CPU time on CPU, wall time on CUDA), ``cpu`` or ``wall``.
     """
     name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
@@ -76,7 +78,7 @@ def bench(
         "machine": platform.processor() or platform.machine(),
     }
     settings = BenchSettings(policies=policies, merges=merges, new_tokens=new_tokens, repeats=repeats,
-                             backend=backend, kernel_bench=kernel_bench, extra=extra)
+                             backend=backend, kernel_bench=kernel_bench, clock=clock, extra=extra)
     records = run_bench(model, inputs, settings, progress=progress)
     if json_path is not None:
         from .report import write_json

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all variants")
     r.add_argument("--backend", default="auto", choices=("auto", "sdpa", "eager", "flex"))
     r.add_argument("--no-kernel-bench", action="store_true", help="skip the one-layer attention timing")
+    r.add_argument("--clock", default="auto", choices=("auto", "cpu", "wall"),
+                   help="auto: process CPU time on CPU (robust on a shared machine), wall time on CUDA")
     o = p.add_argument_group("output")
     o.add_argument("--json", dest="json_path", default=None, help="write the records to this JSON file")
     o.add_argument("--plot", dest="plot_path", default="bench.png", help="PNG of the ratios ('' to skip)")
@@ -62,13 +64,14 @@ def run(args: argparse.Namespace) -> int:
         args.model, size=size, images=args.images, tokens_per_image=args.tokens_per_image,
         text_tokens=args.text_tokens, batch=args.batch, new_tokens=args.new_tokens, policies=args.policies,
         merges=[None if m == "none" else m for m in args.merge], repeats=args.repeats, backend=args.backend,
-        kernel_bench=not args.no_kernel_bench, dtype=args.dtype, device=args.device,
+        kernel_bench=not args.no_kernel_bench, clock=args.clock, dtype=args.dtype, device=args.device,
         json_path=args.json_path, plot_path=args.plot_path or None, progress=not args.no_progress,
     )
     first = records[0]
     print(f"{first['model']} ({first['params_m']}M params, {first['dtype']}, {first['threads']} threads): "
           f"{first['prompt_tokens']} prompt tokens ({first['visual_tokens']} visual) x batch {first['batch']}, "
-          f"{first['new_tokens']} new tokens, median of {first['repeats']} interleaved rounds (± half range)")
+          f"{first['new_tokens']} new tokens, median of {first['repeats']} interleaved rounds (± half range), "
+          f"{first['clock']} clock")
     print(table(records))
     if args.json_path:
         print(f"records written to {args.json_path}")

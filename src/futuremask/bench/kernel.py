@@ -27,11 +27,11 @@ def _heads(model) -> tuple[int, int, int, torch.dtype, torch.device]:
     return heads, kv_heads, head_dim, param.dtype, param.device
 
 
-def attention_timer(model, layout: TokenLayout, *, seed: int = 0) -> Callable:
+def attention_timer(model, layout: TokenLayout, *, seed: int = 0, now: Callable[[], float] = time.perf_counter) -> Callable:
     """A function ``timer(variant) -> ms`` timing one SDPA (or merge) attention layer on ``layout``.
 
     Queries ``[B, H, L, D]`` and keys/values ``[B, Hkv, L, D]`` are random, with the model's head
-    counts, head size, dtype and device.
+    counts, head size, dtype and device. ``now`` is the clock (wall or CPU time).
     """
     heads, kv_heads, head_dim, dtype, device = _heads(model)
     gen = torch.Generator().manual_seed(seed)
@@ -55,11 +55,11 @@ def attention_timer(model, layout: TokenLayout, *, seed: int = 0) -> Callable:
             fn = lambda: merge_attention(q, k, v, base, future, merge=merge, prefix_positions=sinks)  # noqa: E731
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start = now()
         with torch.no_grad():
             fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1e3
+        return (now() - start) * 1e3
 
     return timer

@@ -3,7 +3,9 @@
 On Linux the kernel keeps the peak resident set size (``VmHWM``) and lets a process reset it by
 writing ``5`` to ``/proc/self/clear_refs``; the peak of a block is then ``VmHWM`` after it minus
 ``VmRSS`` before it. Freed heap memory is handed back (``malloc_trim``) first, so that memory cached
-by an earlier measurement does not hide this one's allocations.
+by an earlier measurement does not hide this one's allocations, and :func:`exact_rss_accounting`
+makes glibc map every allocation of 256 KiB or more on its own (``mallopt(M_MMAP_THRESHOLD)``), so
+that it leaves the resident set as soon as it is freed: RSS then follows live tensor memory.
 """
 
 from __future__ import annotations
@@ -37,6 +39,25 @@ def _trim() -> None:
             ctypes.CDLL(name).malloc_trim(0)
         except (OSError, AttributeError):
             pass
+
+
+_M_MMAP_THRESHOLD = -3
+
+
+def exact_rss_accounting(threshold: int = 256 * 1024) -> bool:
+    """Ask glibc to ``mmap`` every allocation of ``threshold`` bytes or more (True if it agreed).
+
+    This fixes the threshold for the rest of the process (glibc otherwise raises it as large blocks
+    are freed, after which freed tensors stay resident). Large allocations then cost fresh page
+    faults, the same for every variant measured.
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
 
 
 def rss_supported() -> bool:

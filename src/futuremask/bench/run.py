@@ -8,7 +8,10 @@ One *measurement* of a variant applies it to the model (:func:`futuremask.apply`
 * ``peak_mem_mb``: the peak memory of the call above what was held before it (:class:`PeakMemory`);
 * ``mask_ms``/``mask_calls``: time spent in, and calls to, futuremask's mask builder for the prompt pass.
 
-Rounds visit every variant once, in an order rotated from round to round, so drift in the machine's
+Times are process CPU time on CPU (``time.process_time``: on a shared machine, time spent waiting
+for a core is not counted; with several threads it is their sum) and wall time on CUDA; on CPU the
+allocator is set to map large blocks on their own so that RSS follows live memory
+(:func:`~futuremask.bench.memory.exact_rss_accounting`). Rounds visit every variant once, in an order rotated from round to round, so drift in the machine's
 load spreads over all variants; each figure is the median of the rounds, with its min and max, and
 each ratio divides a variant's median by the median of ``causal`` (no merge) from the same run.
 A second, kernel-level pass times one attention layer alone under each variant (``attn_ms``) next
@@ -34,7 +37,7 @@ from ..layout import TokenLayout
 from ..merge import Merge
 from ..policies import allowed_mod, get_policy
 from .kernel import attention_timer
-from .memory import PeakMemory
+from .memory import PeakMemory, exact_rss_accounting
 
 PAPER_POLICIES = ("causal", "future", "future_v2v", "future_v2t", "mma")
 METRICS = ("prefill_ms", "decode_ms_per_token", "peak_mem_mb", "attn_ms")
@@ -65,16 +68,20 @@ def variants(policies: Sequence[str], merges: Sequence[str | None]) -> list[Vari
     return out
 
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 class _Clock(StoppingCriteria):
     """Time stamps of the end of every generation step (never stops generation)."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float]) -> None:
+        self.now = now
         self.stamps: list[float] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         if input_ids.is_cuda:
             torch.cuda.synchronize()
-        self.stamps.append(time.perf_counter())
+        self.stamps.append(self.now())
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
@@ -112,23 +119,29 @@ class _MaskSpy:
 
 
 def measure(
-    model, inputs: dict[str, torch.Tensor], variant: Variant, *, new_tokens: int, backend: str = "auto"
+    model, inputs: dict[str, torch.Tensor], variant: Variant, *, new_tokens: int, backend: str = "auto",
+    clock: str = "wall",
 ) -> dict[str, float | None]:
-    """One generate() call of ``new_tokens`` (>= 2) tokens under ``variant``: its figures (see module doc)."""
+    """One generate() call of ``new_tokens`` (>= 2) tokens under ``variant``: its figures (see module doc).
+
+    ``clock``: ``wall`` (elapsed time) or ``cpu`` (CPU time of the whole process, all threads: on a
+    shared machine it leaves out the time spent waiting for a core).
+    """
     if new_tokens < 2:
         raise ValueError("new_tokens must be at least 2 to separate the prompt pass from decoding")
     device = inputs["input_ids"].device
-    clock = _Clock()
+    now = CLOCKS[clock]
+    steps = _Clock(now)
     with apply(model, variant.policy, merge=variant.merge, backend=backend), _MaskSpy() as spy:
         with PeakMemory(device) as mem:
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = now()
             model.generate(
                 **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                stopping_criteria=StoppingCriteriaList([clock]),
+                stopping_criteria=StoppingCriteriaList([steps]),
             )
-    stamps = clock.stamps
+    stamps = steps.stamps
     return {
         "prefill_ms": (stamps[0] - start) * 1e3,
         "decode_ms_per_token": (stamps[-1] - stamps[0]) * 1e3 / (len(stamps) - 1),
@@ -162,6 +175,7 @@ class BenchSettings:
     backend: str = "auto"
     kernel_bench: bool = True
     warmup: bool = True
+    clock: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -181,23 +195,30 @@ def run_bench(model, inputs: dict[str, torch.Tensor], settings: BenchSettings, *
     building time / prefill time) and ``mask_calls_per_prefill``, plus ``settings.extra``.
     """
     runs = variants(settings.policies, settings.merges)
+    device = inputs["input_ids"].device
+    clock = settings.clock if settings.clock != "auto" else ("cpu" if device.type == "cpu" else "wall")
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose 'auto', 'wall' or 'cpu'")
+    if device.type == "cpu":
+        exact_rss_accounting()
     config = model.config
     layout = TokenLayout.from_inputs(config, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
     causal_pairs = attended_pairs("causal", layout)
-    timer = attention_timer(model, layout) if settings.kernel_bench else None
+    timer = attention_timer(model, layout, now=CLOCKS[clock]) if settings.kernel_bench else None
     samples: dict[Variant, dict[str, list]] = {v: {} for v in runs}
     total = len(runs) * settings.repeats * (2 if timer else 1)
     bar = tqdm(total=total, desc="bench", unit="run", disable=not progress, dynamic_ncols=True)
     if settings.warmup:
         bar.set_postfix_str("warm-up")
-        measure(model, inputs, Variant("causal"), new_tokens=2, backend=settings.backend)
+        measure(model, inputs, Variant("causal"), new_tokens=2, backend=settings.backend, clock=clock)
         if timer:
             timer(Variant("causal"))
     for r in range(settings.repeats):
         order = runs[r % len(runs) :] + runs[: r % len(runs)]
         for v in order:
             bar.set_postfix_str(f"round {r + 1}/{settings.repeats} {v.label}")
-            for key, value in measure(model, inputs, v, new_tokens=settings.new_tokens, backend=settings.backend).items():
+            figures = measure(model, inputs, v, new_tokens=settings.new_tokens, backend=settings.backend, clock=clock)
+            for key, value in figures.items():
                 samples[v].setdefault(key, []).append(value)
             bar.update()
         if timer:
@@ -206,10 +227,10 @@ def run_bench(model, inputs: dict[str, torch.Tensor], settings: BenchSettings, *
                 samples[v].setdefault("attn_ms", []).append(timer(v))
                 bar.update()
     bar.close()
-    return _records(runs, samples, layout, causal_pairs, settings, inputs)
+    return _records(runs, samples, layout, causal_pairs, settings, inputs, clock)
 
 
-def _records(runs, samples, layout, causal_pairs, settings, inputs) -> list[dict]:
+def _records(runs, samples, layout, causal_pairs, settings, inputs, clock) -> list[dict]:
     records = []
     for v in runs:
         rec: dict[str, Any] = {"policy": v.policy, "merge": v.merge, "label": v.label}
@@ -234,6 +255,7 @@ def _records(runs, samples, layout, causal_pairs, settings, inputs) -> list[dict
         rec["new_tokens"] = settings.new_tokens
         rec["repeats"] = settings.repeats
         rec["device"] = str(inputs["input_ids"].device)
+        rec["clock"] = clock
         rec.update(settings.extra)
     return records
 
