@@ -141,9 +141,9 @@ def test_merge_kernel_scores_a_chunk_of_rows_at_a_time(monkeypatch, length):
     rows_wanted = 5
     chunk_bytes = 4 * 6 * heads * length * rows_wanted  # the kernel's own sizing rule: 6 float32 [H, R, L]
     sizes = []
-    real = merge_kernel.merged_logits
-    monkeypatch.setattr(merge_kernel, "merged_logits",
-                        lambda scores, *a, **k: sizes.append(scores.numel() * 4) or real(scores, *a, **k))
+    real = merge_kernel.corrected_rows
+    monkeypatch.setattr(merge_kernel, "corrected_rows",
+                        lambda out, scores, *a, **k: sizes.append(scores.numel() * 4) or real(out, scores, *a, **k))
     torch.manual_seed(2)
     vis = _layout(length, [(length // 8, length // 2)])
     layout = TokenLayout.from_masks(vis)
@@ -159,3 +159,58 @@ def test_merge_kernel_scores_a_chunk_of_rows_at_a_time(monkeypatch, length):
     future_rows = int(future[0].any(-1).sum())
     assert len(sizes) == -(-future_rows // rows_wanted) + 1  # chunks of this call, then one call for `whole`
     assert max(sizes[:-1]) == heads * rows_wanted * length * 4 <= chunk_bytes / 6
+
+
+@pytest.mark.parametrize("policy", ["future", "future_v2v", "future_v2t", "mma"])
+def test_merge_fast_path_equals_exact_rows(policy):
+    """Inference (sink correction) and autograd (explicit softmax over each row) paths agree."""
+    import itertools
+
+    torch.manual_seed(3)
+    length = 70
+    vis = _layout(length, [(8, 30), (40, 62)]).expand(2, -1)
+    attention_mask = torch.ones(2, length, dtype=torch.long)
+    attention_mask[1, :5] = 0
+    prompt = attention_mask.bool().clone()
+    prompt[:, 66:] = False  # a continuation the windows must not reach
+    layout = TokenLayout.from_masks(vis, attention_mask=attention_mask, prompt_mask=prompt)
+    base = policy_mask("causal", layout)
+    future = policy_mask(policy, layout) & ~base
+    q, k = torch.randn(2, 4, length, 8), torch.randn(2, 2, length, 8)
+    v = torch.randn(2, 2, length, 8)
+    end = torch.full((2,), 66)
+    for kind, pool, kernel, prefix in itertools.product(["kernel", "lse"], ["max", "mean"], [1, 3], [1, 2]):
+        if kind == "lse" and (pool, kernel) != ("max", 3):
+            continue
+        merge = Merge(kind=kind, pool=pool, kernel=kernel, prefix=prefix)
+        args = dict(merge=merge, prefix_positions=layout.sink_positions(prefix), prompt_end=end)
+        fast = merge_kernel.merge_attention(q, k, v, base, future, chunk_bytes=4 * 6 * 4 * length * 7, **args)
+        exact = merge_kernel.merge_attention(q.clone().requires_grad_(), k, v, base, future, **args).detach()
+        torch.testing.assert_close(fast, exact, atol=2e-6, rtol=1e-5)
+
+
+def test_merge_fast_path_recomputes_rows_whose_sink_loses_its_mass(monkeypatch):
+    """A sink holding nearly all of a row's weight and losing it is recomputed exactly, not by subtraction."""
+    from futuremask.kernels import merge_fast
+
+    recomputed = []
+    real = merge_kernel.merged_logits
+    monkeypatch.setattr(merge_kernel, "merged_logits", lambda s, b, f, r, *a: recomputed.append(r.clone()) or real(s, b, f, r, *a))
+    length, dim = 12, 4
+    vis = _layout(length, [(2, 8)])
+    layout = TokenLayout.from_masks(vis)
+    base = policy_mask("causal", layout)
+    future = policy_mask("future", layout) & ~base
+    q = torch.zeros(1, 1, length, dim)
+    k = torch.zeros(1, 1, length, dim)
+    q[..., 0] = 1.0
+    k[0, 0, 0, 0] = 40.0  # the sink's score dominates every row ...
+    k[0, 0, 9:, 0] = -400.0  # ... and the future text scores pull the pooled bonus far below zero
+    v = torch.randn(1, 1, length, dim)
+    sinks = layout.sink_positions(1)
+    out = merge_kernel.merge_attention(q, k, v, base, future, merge=Merge(), prefix_positions=sinks, scale=1.0)
+    assert recomputed and set(torch.cat(recomputed).tolist()) <= set(range(2, 8))
+    exact = merge_kernel.merge_attention(q.requires_grad_(), k, v, base, future, merge=Merge(), prefix_positions=sinks,
+                                         scale=1.0).detach()
+    torch.testing.assert_close(out, exact)
+    assert merge_fast.MIN_DENOMINATOR > 0

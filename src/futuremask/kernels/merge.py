@@ -2,7 +2,8 @@
 
 Rows with no future keys (all text rows under the future-aware policies) go through SDPA with the
 causal mask; only rows with future keys get explicit scores, a chunk of rows at a time, so no
-per-head ``L x L`` score tensor is ever held.
+per-head ``L x L`` score tensor is ever held. Without autograd, a merged row is the causal row
+corrected at its sink positions (:mod:`.merge_fast`), which needs no second pass over the values.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 
 from ..merge import Merge, merged_logits
 from .common import as_4d, expand_heads
+from .merge_fast import corrected_rows
 from .sdpa import sdpa_attention
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -59,6 +61,13 @@ def merge_attention(
             r = rows[start : start + rows_per_chunk]
             scores = torch.matmul(q[b, :, r].to(acc), kf.transpose(-1, -2)) * scale
             end = None if prompt_end is None else int(prompt_end[b])
+            if not out.requires_grad:  # inference: correct the causal rows at the sinks (merge_fast.py)
+                merged, exact = corrected_rows(out[b, :, r], scores, base_b[r], fut_b[r], r, prefix_positions[b],
+                                               merge, vf, length if end is None else end)
+                out[b, :, r] = merged.to(out.dtype)
+                r, scores = r[exact], scores[:, exact]
+                if r.numel() == 0:
+                    continue
             logits = merged_logits(scores, base_b[r], fut_b[r], r, prefix_positions[b], merge, end)
             weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
             out[b, :, r] = torch.matmul(weights, vf).to(out.dtype)
