@@ -45,23 +45,28 @@ def future_bonus(
             [torch.logsumexp(member.masked_fill(group != g, float("-inf")), dim=-1) for g in range(n_groups)], -1
         )
     end, k = prompt_end, merge.kernel
+    lo = min(int(rows.min()) + 1, end) if rows.numel() else end  # no window starts before the first row's future
     is_max = merge.pool == "max"
-    f = torch.where(future[:, :end], scores[..., :end], 0.0)  # [H, R, E]
-    padded = torch.nn.functional.pad(f, (0, k - 1), value=float("-inf") if is_max else 0.0)
-    pooled = padded[..., :end]
-    for d in range(1, k):  # window starting at j covers j .. j+k-1 (clipped at the prompt's end)
-        shifted = padded[..., d : d + end]
-        pooled = torch.maximum(pooled, shifted) if is_max else pooled + shifted
+    f = torch.where(future[:, lo:end], scores[..., lo:end], 0.0)  # [H, R, E - lo]
+    pooled = f.clone()
+    width = end - lo
+    for d in range(1, min(k, width)):  # window starting at j covers j .. j+k-1 (clipped at the prompt's end)
+        head = pooled[..., : width - d]
+        if is_max:
+            torch.maximum(head, f[..., d:], out=head)
+        else:
+            head += f[..., d:]
     n = (end - 1 - rows).clamp(min=0)[:, None]  # [R, 1] future length n_i
-    if not is_max:
-        pooled = pooled / n.clamp(min=1, max=k)
     n_windows = torch.where(n >= k, n - k + 1, (n > 0).long())
-    w = torch.arange(end, device=scores.device)[None, :] - (rows[:, None] + 1)  # window index of each start
+    w = torch.arange(lo, end, device=scores.device)[None, :] - (rows[:, None] + 1)  # window index of each start
     in_window = (w >= 0) & (w < n_windows)
+    weight = in_window.to(scores.dtype)
+    if not is_max:
+        weight = weight / n.clamp(min=1, max=k)
     if n_groups == 1:
-        return torch.where(in_window, pooled, 0.0).sum(-1, keepdim=True)
+        return torch.einsum("hrj,rj->hr", pooled, weight)[..., None]
     group = split_groups(w.clamp(min=0), n_windows, n_groups)
-    return torch.stack([torch.where(in_window & (group == g), pooled, 0.0).sum(-1) for g in range(n_groups)], -1)
+    return torch.stack([torch.einsum("hrj,rj->hr", pooled, weight * (group == g)) for g in range(n_groups)], -1)
 
 
 def corrected_rows(
@@ -87,7 +92,9 @@ def corrected_rows(
         recomputed with :func:`futuremask.merge.merged_logits` (their denominator was too small).
     """
     length = scores.shape[-1]
-    lse = torch.logsumexp(scores.masked_fill(~base, float("-inf")), dim=-1)  # [H, R]
+    seen = base.any(0).nonzero()
+    hi = int(seen.max()) + 1 if seen.numel() else 1  # keys after every row's last attended key do not count
+    lse = torch.logsumexp(scores[..., :hi].masked_fill(~base[:, :hi], float("-inf")), dim=-1)  # [H, R]
     bonus = future_bonus(scores, future, rows, merge, prefix_positions.numel(), prompt_end)
     has_future = future.any(-1)
     olds, news, cols = [], [], []
