@@ -215,3 +215,17 @@ def test_merge_fast_path_recomputes_rows_whose_sink_loses_its_mass(monkeypatch):
                                          scale=1.0).detach()
     torch.testing.assert_close(out, exact)
     assert merge_fast.MIN_DENOMINATOR > 0
+
+
+def test_dense_mask_in_row_blocks_equals_one_broadcast(monkeypatch):
+    import futuremask.policies as policies
+
+    vis = _layout(90, [(10, 40), (50, 80)]).expand(2, -1)
+    attention_mask = torch.ones(2, 90, dtype=torch.long)
+    attention_mask[0, :6] = 0
+    layout = TokenLayout.from_masks(vis, attention_mask=attention_mask)
+    whole = {p: policy_mask(p, layout).clone() for p in POLICIES}
+    monkeypatch.setattr(policies, "DENSE_CHUNK", 2 * 90 * 7)  # blocks of 7 rows
+    for p in POLICIES:
+        blocked_mask = policy_mask(p, layout)
+        assert blocked_mask.is_contiguous() and torch.equal(blocked_mask, whole[p])

@@ -166,13 +166,27 @@ def allowed_mod(policy: str | Policy, layout: TokenLayout) -> MaskMod:
     return and_masks(lambda b, h, q, kv: valid[b, kv], base)
 
 
+DENSE_CHUNK = 2**24  # grid cells evaluated at once by dense_mask
+
+
 def dense_mask(mod: MaskMod, batch_size: int, q_length: int, kv_length: int, device=None) -> torch.Tensor:
-    """Evaluate a ``mask_mod`` on the full grid by broadcasting: bool ``[B, q_length, kv_length]``."""
+    """Evaluate a ``mask_mod`` on the full grid by broadcasting: bool ``[B, q_length, kv_length]``.
+
+    Large grids are filled a block of query rows at a time, so the temporaries of ``mod`` stay at
+    about :data:`DENSE_CHUNK` cells whatever ``L``; the result is the only full-size tensor.
+    """
     b = torch.arange(batch_size, device=device)[:, None, None]
     h = torch.zeros((), dtype=torch.long, device=device)
     q = torch.arange(q_length, device=device)[None, :, None]
     kv = torch.arange(kv_length, device=device)[None, None, :]
-    return mod(b, h, q, kv).expand(batch_size, q_length, kv_length)
+    if batch_size * q_length * kv_length <= DENSE_CHUNK:
+        return mod(b, h, q, kv).expand(batch_size, q_length, kv_length)
+    out = torch.empty(batch_size, q_length, kv_length, dtype=torch.bool, device=device)
+    rows = max(1, DENSE_CHUNK // (batch_size * kv_length))
+    for start in range(0, q_length, rows):
+        stop = min(start + rows, q_length)
+        out[:, start:stop] = mod(b, h, q[:, start:stop], kv)
+    return out
 
 
 def policy_mask(policy: str | Policy, layout: TokenLayout) -> torch.Tensor:
