@@ -72,17 +72,36 @@ def test_attended_pairs_counts_the_mask(tiny):
 
 
 def test_decode_steps_build_no_overlay(tiny, monkeypatch):
-    built = []
-    real = fm_hf.dense_mask
-    monkeypatch.setattr(fm_hf, "dense_mask", lambda mod, b, q, k, *a, **kw: built.append(q) or real(mod, b, q, k, *a, **kw))
+    """The policy's overlay is made once per generate() and never evaluated after the prompt pass."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    made, evaluated, state = [], [], {"step": 0}
+
+    class Steps(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            state["step"] += 1
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    real = fm_hf.overlay_mod
+
+    def spy(policy, layout):
+        mod = real(policy, layout)
+        made.append(state["step"])
+        return None if mod is None else (lambda b, h, q, kv: evaluated.append(state["step"]) or mod(b, h, q, kv))
+
+    monkeypatch.setattr(fm_hf, "overlay_mod", spy)
     inputs = _prompt(tiny)
     length = inputs["input_ids"].shape[1]
     for merge in (None, "kernel", "lse"):
-        built.clear()
+        made.clear()
+        evaluated.clear()
+        state["step"] = 0
         with fm.apply(tiny, "future", merge=merge):
-            out = tiny.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-        assert out.shape[1] == length + 6
-        assert built == [length]  # the prompt pass only; the five decoding steps built nothing
+            out = tiny.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                                stopping_criteria=StoppingCriteriaList([Steps()]))
+        assert out.shape[1] == length + 6 and state["step"] == 6
+        assert made == [0]  # one overlay, for the prompt pass
+        assert evaluated and set(evaluated) == {0}  # evaluated during the prompt pass only
 
 
 def test_mask_builder_runs_once_per_forward(tiny):
@@ -167,3 +186,24 @@ def test_cli_bench_writes_json(tmp_path, capsys):
     assert records[1]["attn_ms"] is None
     out = capsys.readouterr().out
     assert "future+kernel" in out and "x causal" in out
+
+
+def test_merge_prompt_pass_holds_no_dense_mask(tiny, monkeypatch):
+    """Without padding the merge kernel gets no L x L tensor: base None (is_causal), future by row chunks."""
+    from futuremask.kernels.rows import FutureRows
+
+    seen = []
+    real = fm_hf.merge_attention
+    monkeypatch.setattr(fm_hf, "merge_attention", lambda q, k, v, base, future, **kw: seen.append((base, future))
+                        or real(q, k, v, base, future, **kw))
+    inputs = _prompt(tiny)
+    layout = TokenLayout.from_inputs(tiny.config, **inputs)
+    with fm.apply(tiny, "future_v2t", merge="kernel"), torch.no_grad():
+        tiny(**inputs)
+    assert len(seen) == 2  # two layers
+    base, future = seen[0]
+    assert base is None and isinstance(future, FutureRows)
+    rows = torch.arange(layout.length)
+    dense = policy_mask("future_v2t", layout)[0] & ~policy_mask("causal", layout)[0]
+    assert torch.equal(future.rows(0, rows), dense)
+    assert torch.equal(future.rows_with_future(0, "cpu", chunk=3 * layout.length), dense.any(-1).nonzero().flatten())

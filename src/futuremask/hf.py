@@ -30,6 +30,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, flex_attention_mask, sdpa_mask
 
 from .kernels import eager_attention, flex_attention, merge_attention, sdpa_attention
+from .kernels.rows import FutureRows
 from .layout import TokenLayout, visual_token_ids
 from .merge import Merge
 from .policies import Policy, dense_mask, get_policy, overlay_mod
@@ -48,7 +49,7 @@ class _Prefill:
 
     sinks: torch.Tensor  # long [B, p]
     prompt_end: torch.Tensor  # long [B]
-    futures: dict[int, torch.Tensor] = field(default_factory=dict)  # id(base mask) -> bool [B, 1, L, Lk]
+    futures: dict[int, FutureRows] = field(default_factory=dict)  # id(base mask) -> its future keys
 
 
 @dataclass
@@ -110,21 +111,21 @@ def _make_mask_builder(backend: str):
             length = layout.length
             kwargs["mask_function"] = _or_guarded(kwargs["mask_function"], overlay, length)
             return base_builder(**args, **kwargs)
+        merge = call.handle.merge
+        if merge is not None:  # the merge kernel evaluates the future rows a chunk at a time (FutureRows)
+            base = base_builder(**args, **kwargs)  # None when exactly causal: SDPA's is_causal path
+            if call.prefill is None:
+                call.prefill = _Prefill(
+                    sinks=layout.sink_positions(merge.prefix).to(layout.valid.device), prompt_end=layout.prompt_end
+                )
+            call.prefill.futures[id(base)] = FutureRows(overlay, base, q_length, batch_size)
+            return base
         kwargs["allow_is_causal_skip"] = False
         base = base_builder(**args, **kwargs)
         extra = dense_mask(overlay, batch_size, q_length, q_length, base.device)
         if kv_length > q_length:  # a static cache: the slots after the prompt are never attended here
             extra = torch.nn.functional.pad(extra, (0, kv_length - q_length), value=False)
-        extra = extra[:, None]
-        merge = call.handle.merge
-        if merge is None:
-            return base | extra
-        if call.prefill is None:
-            call.prefill = _Prefill(
-                sinks=layout.sink_positions(merge.prefix).to(base.device), prompt_end=layout.prompt_end
-            )
-        call.prefill.futures[id(base)] = extra & ~base
-        return base
+        return base | extra[:, None]
 
     return build
 
@@ -178,8 +179,9 @@ def _merge_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     if future is None:
         return _sdpa_fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
     length = query.shape[2]
+    base = None if attention_mask is None else attention_mask[..., :length]
     out = merge_attention(
-        query, key[:, :, :length], value[:, :, :length], attention_mask[..., :length], future[..., :length],
+        query, key[:, :, :length], value[:, :, :length], base, future,
         merge=call.handle.merge, prefix_positions=prefill.sinks, scale=scaling, prompt_end=prefill.prompt_end,
     )
     return out.transpose(1, 2).contiguous(), None

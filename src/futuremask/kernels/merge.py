@@ -13,17 +13,18 @@ import torch
 from ..merge import Merge, merged_logits
 from .common import as_4d, expand_heads
 from .merge_fast import corrected_rows
+from .rows import FutureRows
 from .sdpa import sdpa_attention
 
-DEFAULT_CHUNK_BYTES = 64 * 2**20
+DEFAULT_CHUNK_BYTES = 32 * 2**20
 
 
 def merge_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    base: torch.Tensor,
-    future: torch.Tensor,
+    base: torch.Tensor | None,
+    future: torch.Tensor | FutureRows,
     *,
     merge: Merge,
     prefix_positions: torch.Tensor,
@@ -36,15 +37,19 @@ def merge_attention(
     Args:
         q: ``[B, H, L, D]`` queries of a prompt pass (positions ``0 .. L-1``).
         k, v: ``[B, Hkv, L, D]``.
-        base: bool ``[B, L, L]`` or ``[B, 1, L, L]``, the causal keys each row attends.
-        future: bool ``[B, L, L]`` or ``[B, 1, L, L]``, the extra future keys ``F_i`` (``j > i``).
+        base: bool ``[B, L, L]`` or ``[B, 1, L, L]``, the causal keys each row attends; None means
+            exactly causal (no padding).
+        future: bool ``[B, L, L]`` or ``[B, 1, L, L]``, the extra future keys ``F_i`` (``j > i``), or a
+            :class:`~futuremask.kernels.rows.FutureRows` that yields them a chunk of rows at a time.
         merge: the merge settings.
         prefix_positions: long ``[B, p]``, the sink positions of each row of the batch.
         scale: defaults to ``D ** -0.5``.
         prompt_end: long ``[B]``, one past each row's last prompt position (default ``L``).
         chunk_bytes: bound on the float32 scores held at once per chunk of rows.
     """
-    base4, future4 = as_4d(base), as_4d(future)
+    base4 = as_4d(base)
+    if not isinstance(future, FutureRows):
+        future = _DenseRows(as_4d(future), base4)
     out = sdpa_attention(q, k, v, base4, scale=scale)
     if out.requires_grad:
         out = out.clone()  # the merged rows are written in place below
@@ -53,22 +58,36 @@ def merge_attention(
     heads, length = q.shape[1], k.shape[2]
     rows_per_chunk = max(1, chunk_bytes // (4 * 6 * heads * length))
     for b in range(q.shape[0]):
-        fut_b, base_b = future4[b, 0], base4[b, 0]
-        rows = fut_b.any(-1).nonzero().flatten()
+        rows = future.rows_with_future(b, q.device)
         acc = torch.promote_types(q.dtype, torch.float32)  # scores in float32 at least
         kf, vf = k[b].to(acc), v[b].to(acc)
         for start in range(0, rows.numel(), rows_per_chunk):
             r = rows[start : start + rows_per_chunk]
+            base_r, fut_r = future.base_rows(b, r), future.rows(b, r)
             scores = torch.matmul(q[b, :, r].to(acc), kf.transpose(-1, -2)) * scale
             end = None if prompt_end is None else int(prompt_end[b])
             if not out.requires_grad:  # inference: correct the causal rows at the sinks (merge_fast.py)
-                merged, exact = corrected_rows(out[b, :, r], scores, base_b[r], fut_b[r], r, prefix_positions[b],
+                merged, exact = corrected_rows(out[b, :, r], scores, base_r, fut_r, r, prefix_positions[b],
                                                merge, vf, length if end is None else end)
                 out[b, :, r] = merged.to(out.dtype)
-                r, scores = r[exact], scores[:, exact]
+                r, scores, base_r, fut_r = r[exact], scores[:, exact], base_r[exact], fut_r[exact]
                 if r.numel() == 0:
                     continue
-            logits = merged_logits(scores, base_b[r], fut_b[r], r, prefix_positions[b], merge, end)
+            logits = merged_logits(scores, base_r, fut_r, r, prefix_positions[b], merge, end)
             weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
             out[b, :, r] = torch.matmul(weights, vf).to(out.dtype)
     return out
+
+
+class _DenseRows(FutureRows):
+    """:class:`FutureRows` over dense masks (the tensors given to :func:`merge_attention`)."""
+
+    def __init__(self, future: torch.Tensor, base: torch.Tensor | None) -> None:
+        super().__init__(overlay=None, base=base, length=future.shape[-2], batch_size=future.shape[0])
+        object.__setattr__(self, "future", future)
+
+    def rows(self, b: int, rows: torch.Tensor) -> torch.Tensor:
+        return self.future[b, 0, rows, : self.length]
+
+    def rows_with_future(self, b: int, device, chunk: int = 0) -> torch.Tensor:
+        return self.future[b, 0, :, : self.length].any(-1).nonzero().flatten().to(device)
