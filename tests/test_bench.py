@@ -207,3 +207,29 @@ def test_merge_prompt_pass_holds_no_dense_mask(tiny, monkeypatch):
     dense = policy_mask("future_v2t", layout)[0] & ~policy_mask("causal", layout)[0]
     assert torch.equal(future.rows(0, rows), dense)
     assert torch.equal(future.rows_with_future(0, "cpu", chunk=3 * layout.length), dense.any(-1).nonzero().flatten())
+
+
+@pytest.mark.parametrize("merge", [None, "kernel", "lse"])
+def test_prompt_pass_creates_no_float_tensor_of_l_by_l(tiny, monkeypatch, merge):
+    """Every float tensor an aten op returns in the prompt pass is smaller than L x L (no per-head scores)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import futuremask.kernels.merge as merge_kernel
+
+    inputs = _prompt(tiny, tokens_per_image=60, text_tokens=60)  # L = 180, 4 heads
+    length = inputs["input_ids"].shape[1]
+    monkeypatch.setattr(sdpa, "MIN_BLOCKED_ROWS", 32)  # the blocked path, as for long prompts
+    monkeypatch.setattr(merge_kernel, "DEFAULT_CHUNK_BYTES", 4 * 6 * 4 * length * 16)  # 16-row merge chunks
+    biggest = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    biggest.append((t.numel(), str(func), tuple(t.shape)))
+            return out
+
+    with fm.apply(tiny, "future", merge=merge), torch.no_grad(), Watch():
+        tiny(**inputs)
+    assert max(biggest)[0] < length * length, max(biggest)

@@ -30,7 +30,7 @@ def merge_attention(
     prefix_positions: torch.Tensor,
     scale: float | None = None,
     prompt_end: torch.Tensor | None = None,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> torch.Tensor:
     """``[B, H, L, D]``: attention over ``base`` with the ``future`` keys merged into the prefix.
 
@@ -45,7 +45,8 @@ def merge_attention(
         prefix_positions: long ``[B, p]``, the sink positions of each row of the batch.
         scale: defaults to ``D ** -0.5``.
         prompt_end: long ``[B]``, one past each row's last prompt position (default ``L``).
-        chunk_bytes: bound on the float32 scores held at once per chunk of rows.
+        chunk_bytes: bound on the float32 scores held at once per chunk of rows (default
+            :data:`DEFAULT_CHUNK_BYTES`, read at call time).
     """
     base4 = as_4d(base)
     if not isinstance(future, FutureRows):
@@ -56,6 +57,7 @@ def merge_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     k, v = expand_heads(q, k, v)
     heads, length = q.shape[1], k.shape[2]
+    chunk_bytes = DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     rows_per_chunk = max(1, chunk_bytes // (4 * 6 * heads * length))
     for b in range(q.shape[0]):
         rows = future.rows_with_future(b, q.device)
