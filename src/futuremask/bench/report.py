@@ -32,7 +32,7 @@ COLUMNS = (
     ("x causal", lambda r: _fmt(r["decode_ratio"], 3)),
     ("peak MiB", lambda r: _spread(r, "peak_mem_mb", 0)),
     ("x causal", lambda r: _fmt(r["mem_ratio"], 3)),
-    ("mask %", lambda r: _fmt(None if r["mask_share"] is None else 100 * r["mask_share"], 2)),
+    ("mask+plan %", lambda r: _fmt(None if r["mask_share"] is None else 100 * r["mask_share"], 2)),
 )
 
 

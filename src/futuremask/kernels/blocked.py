@@ -11,8 +11,9 @@ forward, shared by every layer), splits each block's keys into pieces:
 * ``masked`` -- anything else: SDPA with that small slice of the mask;
 * keys no row of the block attends are skipped.
 
-A block with one piece is a single SDPA call; several pieces are combined exactly through their
-log-sum-exp (``softmax`` over the union of disjoint key sets). The work done is then the attended
+The pieces of a run are gathered into at most three SDPA calls (all full pieces side by side, the
+causal square, all masked pieces side by side), combined exactly through their log-sum-exp
+(``softmax`` over the union of disjoint key sets); a run needing one call makes one plain call. The work done is then the attended
 pairs plus half a diagonal block per row block, and no mask larger than one block is converted.
 """
 
@@ -184,32 +185,52 @@ def cached_plan(mask: torch.Tensor, block: int = DEFAULT_BLOCK) -> tuple[Block, 
     return result
 
 
-def _piece_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, piece: Piece, scale: float | None):
-    """``(out [B, H, n, D], lse float [B, H, n])`` of one piece; ``lse = -inf`` on rows with no key."""
-    ks, vs = k[:, :, piece.start : piece.stop], v[:, :, piece.start : piece.stop]
-    if piece.kind == "masked":
-        bias = torch.zeros(piece.mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~piece.mask, float("-inf"))
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, ks, vs, 0.0, False, attn_mask=bias, scale=scale
-        )
-        lse = lse.masked_fill(~piece.row_any, float("-inf"))
-    else:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, ks, vs, 0.0, piece.kind == "causal", scale=scale
-        )
+def _keys(k: torch.Tensor, v: torch.Tensor, pieces: list[Piece]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys/values of the pieces, side by side along the key axis (a view for a single piece)."""
+    if len(pieces) == 1:
+        p = pieces[0]
+        return k[:, :, p.start : p.stop], v[:, :, p.start : p.stop]
+    idx = torch.cat([torch.arange(p.start, p.stop, device=k.device) for p in pieces])
+    return k.index_select(2, idx), v.index_select(2, idx)
+
+
+def _groups(pieces: tuple[Piece, ...]) -> list[tuple[str, list[Piece]]]:
+    """The pieces gathered into at most three SDPA calls: all full ones, the causal square, all masked ones."""
+    groups = []
+    for kind in ("full", "causal", "masked"):
+        members = [p for p in pieces if p.kind == kind]
+        if members:
+            groups.append((kind, members))
+    return groups
+
+
+def _group_call(q, k, v, kind: str, members: list[Piece], scale: float | None, with_lse: bool):
+    """SDPA of ``q`` over one group's keys: ``out`` or, with ``with_lse``, ``(out, lse float [B, H, n])``."""
+    ks, vs = _keys(k, v, members)
+    mask = row_any = None
+    if kind == "masked":
+        mask = members[0].mask if len(members) == 1 else torch.cat([p.mask for p in members], dim=-1)
+        row_any = mask.any(-1)
+    if not with_lse:
+        return F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, is_causal=kind == "causal", scale=scale)
+    bias = None
+    if mask is not None:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, ks, vs, 0.0, kind == "causal", attn_mask=bias, scale=scale
+    )
+    if row_any is not None:  # rows with no key in this group: SDPA reports lse 0; make it -inf
+        lse = lse.masked_fill(~row_any, float("-inf"))
     return out, lse
 
 
 def _block_attention(q, k, v, pieces: tuple[Piece, ...], scale: float | None) -> torch.Tensor:
     if not pieces:
         return torch.zeros_like(q)
-    if len(pieces) == 1:
-        p = pieces[0]
-        ks, vs = k[:, :, p.start : p.stop], v[:, :, p.start : p.stop]
-        return F.scaled_dot_product_attention(
-            q, ks, vs, attn_mask=p.mask, is_causal=p.kind == "causal", scale=scale
-        )
-    parts = [_piece_lse(q, k, v, p, scale) for p in pieces]
+    groups = _groups(pieces)
+    if len(groups) == 1:
+        return _group_call(q, k, v, *groups[0], scale, with_lse=False)
+    parts = [_group_call(q, k, v, kind, members, scale, with_lse=True) for kind, members in groups]
     lse = torch.stack([lse for _, lse in parts])  # [P, B, H, n]
     top = lse.amax(0)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))

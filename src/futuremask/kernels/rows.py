@@ -8,7 +8,7 @@ keeps the policy's overlay function instead and evaluates the rows the kernel as
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +31,7 @@ class FutureRows:
     base: torch.Tensor | None
     length: int
     batch_size: int
+    _found: dict = field(default_factory=dict, compare=False, repr=False)  # b -> rows with a future
 
     @property
     def device(self) -> torch.device:
@@ -51,10 +52,17 @@ class FutureRows:
         return extra.expand(rows.numel(), self.length) & ~self.base_rows(b, rows)
 
     def rows_with_future(self, b: int, device: torch.device | str, chunk: int = 2**22) -> torch.Tensor:
-        """long ``[n]``: the query positions of batch row ``b`` that have at least one future key."""
+        """long ``[n]``: the query positions of batch row ``b`` that have at least one future key.
+
+        Computed once per batch row and kept: every layer of the forward asks the same question.
+        """
+        if b in self._found:
+            return self._found[b]
         step = max(1, chunk // max(self.length, 1))
         found = []
         for start in range(0, self.length, step):
             rows = torch.arange(start, min(start + step, self.length), device=device)
             found.append(rows[self.rows(b, rows).any(-1)])
-        return torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=device)
+        result = torch.cat(found) if found else torch.zeros(0, dtype=torch.long, device=device)
+        self._found[b] = result
+        return result
