@@ -71,3 +71,20 @@ def write_json(path: str | Path, records: list[dict[str, Any]]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m futuremask.bench.report RUN.json [--markdown]``: print a saved run's table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m futuremask.bench.report", description=main.__doc__)
+    parser.add_argument("json_path")
+    parser.add_argument("--markdown", action="store_true", help="a Markdown table (as in BENCHMARKS.md)")
+    args = parser.parse_args(argv)
+    records = json.loads(Path(args.json_path).read_text())
+    print(markdown_table(records) if args.markdown else table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
