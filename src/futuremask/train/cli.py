@@ -106,6 +106,12 @@ def _vocabulary(data_dir: str, args: argparse.Namespace) -> list[str]:
     return list(DEMO_WORDS) + extra
 
 
+def _init_record(init: str | None) -> dict | None:
+    """The training record of the checkpoint we start from, when it has one."""
+    path = Path(init) / "futuremask_training.json" if init else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
 def run(args: argparse.Namespace) -> int:
     from .data import milebench_examples
     from .trainer import TrainConfig, train
@@ -128,9 +134,11 @@ def run(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup,
                              seed=args.seed, padding_side=args.padding_side)
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"{len(examples)} training examples, model with {n_params / 1e6:.2f}M parameters")
+        print(f"{len(examples)} training examples, model with {n_params / 1e6:.2f}M parameters", flush=True)
         if not args.policies:
-            result = train(model, processor, examples, config, output_dir=args.out)
+            record = {"data": data_dir if args.data_dir else f"demo seed {args.demo_seed}, "
+                      f"{args.demo_samples} per task", "init": args.init, "init_record": _init_record(args.init)}
+            result = train(model, processor, examples, config, output_dir=args.out, record=record)
             last = result.losses[-1][1] if result.losses else float("nan")
             print(f"trained under {args.policy!r} for {args.steps} steps in {result.seconds:.0f}s "
                   f"(last logged loss {last:.4f}); saved to {args.out}")

@@ -77,6 +77,7 @@ def train(
     config: TrainConfig,
     *,
     output_dir: str | os.PathLike | None = None,
+    record: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``examples`` under ``config.policy`` with ``transformers.Trainer``.
 
@@ -88,6 +89,7 @@ def train(
         config: the optimisation settings.
         output_dir: when given, the trained model and processor are saved there (``save_pretrained``,
             safetensors) with ``futuremask_training.json`` recording the settings and losses.
+        record: extra entries for ``futuremask_training.json`` (e.g. the checkpoint training started from).
 
     Returns:
         A :class:`TrainResult`.
@@ -136,7 +138,8 @@ def train(
         raise RuntimeError(f"training diverged (non-finite loss): {result.losses}; lower the learning rate")
     if output_dir is not None:
         save_checkpoint(model, processor, output_dir, {"config": asdict(config), "losses": result.losses,
-                                                       "seconds": result.seconds, "examples": len(examples)})
+                                                       "seconds": result.seconds, "examples": len(examples),
+                                                       **(record or {})})
     return result
 
 
