@@ -47,9 +47,16 @@ def test_synthetic_prompt_layout(tiny):
 
 
 def test_synthetic_model_size_and_heads():
-    model = synthetic_llava(SyntheticSize(hidden=64, layers=3, heads=4, kv_heads=2, vocab=100, intermediate=96))
+    model = synthetic_llava(
+        SyntheticSize(hidden=64, layers=3, heads=4, kv_heads=2, vocab=100, intermediate=96)
+    )
     cfg = model.config.text_config
-    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (64, 3, 4, 2)
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (
+        64,
+        3,
+        4,
+        2,
+    )
     per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 96 + 2 * 64  # q,o + k,v + mlp + two norms
     expected = 3 * per_layer + 64 + 2 * 100 * 64  # final norm, embeddings, untied LM head
     from futuremask.bench.synthetic import parameter_count
@@ -66,9 +73,9 @@ def test_attended_pairs_counts_the_mask(tiny):
     for policy in fm.POLICIES:
         assert attended_pairs(policy, layout, rows_per_chunk=4) == int(policy_mask(policy, layout).sum())
     length = layout.length
-    assert attended_pairs("causal", TokenLayout.from_inputs(tiny.config, input_ids=inputs["input_ids"][:1])) == (
-        length * (length + 1) // 2
-    )
+    assert attended_pairs(
+        "causal", TokenLayout.from_inputs(tiny.config, input_ids=inputs["input_ids"][:1])
+    ) == (length * (length + 1) // 2)
 
 
 def test_decode_steps_build_no_overlay(tiny, monkeypatch):
@@ -87,7 +94,9 @@ def test_decode_steps_build_no_overlay(tiny, monkeypatch):
     def spy(policy, layout):
         mod = real(policy, layout)
         made.append(state["step"])
-        return None if mod is None else (lambda b, h, q, kv: evaluated.append(state["step"]) or mod(b, h, q, kv))
+        return (
+            None if mod is None else (lambda b, h, q, kv: evaluated.append(state["step"]) or mod(b, h, q, kv))
+        )
 
     monkeypatch.setattr(fm_hf, "overlay_mod", spy)
     inputs = _prompt(tiny)
@@ -97,8 +106,13 @@ def test_decode_steps_build_no_overlay(tiny, monkeypatch):
         evaluated.clear()
         state["step"] = 0
         with fm.apply(tiny, "future", merge=merge):
-            out = tiny.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False,
-                                stopping_criteria=StoppingCriteriaList([Steps()]))
+            out = tiny.generate(
+                **inputs,
+                max_new_tokens=6,
+                min_new_tokens=6,
+                do_sample=False,
+                stopping_criteria=StoppingCriteriaList([Steps()]),
+            )
         assert out.shape[1] == length + 6 and state["step"] == 6
         assert made == [0]  # one overlay, for the prompt pass
         assert evaluated and set(evaluated) == {0}  # evaluated during the prompt pass only
@@ -146,17 +160,43 @@ def test_peak_memory_sees_a_temporary_allocation():
 def test_bench_records_and_ratios(tiny, tmp_path):
     path = tmp_path / "bench.json"
     png = tmp_path / "bench.png"
-    records = bench(tiny, images=2, tokens_per_image=6, text_tokens=9, new_tokens=3, repeats=2,
-                    policies=["causal", "future_v2t"], merges=[None, "lse"], json_path=path, plot_path=png,
-                    progress=False)
+    records = bench(
+        tiny,
+        images=2,
+        tokens_per_image=6,
+        text_tokens=9,
+        new_tokens=3,
+        repeats=2,
+        policies=["causal", "future_v2t"],
+        merges=[None, "lse"],
+        json_path=path,
+        plot_path=png,
+        progress=False,
+        exact_rss=False,
+    )
     saved = json.loads(path.read_text())
     assert saved == json.loads(json.dumps(records))  # the file holds exactly what was returned
-    assert [(r["policy"], r["merge"]) for r in saved] == [("causal", None), ("future_v2t", None), ("future_v2t", "lse")]
+    assert [(r["policy"], r["merge"]) for r in saved] == [
+        ("causal", None),
+        ("future_v2t", None),
+        ("future_v2t", "lse"),
+    ]
     causal = saved[0]
     layout = TokenLayout.from_inputs(tiny.config, **_prompt(tiny, 2, 6, 9))
     for r in saved:
-        for key in ("policy", "merge", "prefill_ms", "decode_ms_per_token", "peak_mem_mb", "prefill_ratio",
-                    "decode_ratio", "pairs_ratio", "mask_share", "attn_ms", "attn_ratio"):
+        for key in (
+            "policy",
+            "merge",
+            "prefill_ms",
+            "decode_ms_per_token",
+            "peak_mem_mb",
+            "prefill_ratio",
+            "decode_ratio",
+            "pairs_ratio",
+            "mask_share",
+            "attn_ms",
+            "attn_ratio",
+        ):
             assert key in r
         assert r["prefill_ratio"] == pytest.approx(r["prefill_ms"] / causal["prefill_ms"])
         assert r["decode_ratio"] == pytest.approx(r["decode_ms_per_token"] / causal["decode_ms_per_token"])
@@ -164,7 +204,9 @@ def test_bench_records_and_ratios(tiny, tmp_path):
         if causal["peak_mem_mb"]:
             assert r["mem_ratio"] == pytest.approx(r["peak_mem_mb"] / causal["peak_mem_mb"])
         assert len(r["samples"]["prefill_ms"]) == 2
-        assert r["prefill_ms"] == pytest.approx(sorted(r["samples"]["prefill_ms"])[0] / 2 + sorted(r["samples"]["prefill_ms"])[1] / 2)
+        assert r["prefill_ms"] == pytest.approx(
+            sorted(r["samples"]["prefill_ms"])[0] / 2 + sorted(r["samples"]["prefill_ms"])[1] / 2
+        )
         assert r["pairs_ratio"] == pytest.approx(
             int(policy_mask(r["policy"], layout).sum()) / int(policy_mask("causal", layout).sum())
         )
@@ -176,13 +218,51 @@ def test_bench_records_and_ratios(tiny, tmp_path):
 
 def test_cli_bench_writes_json(tmp_path, capsys):
     path = tmp_path / "out.json"
-    code = main(["bench", "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "50",
-                 "--images", "1", "--tokens-per-image", "4", "--text-tokens", "5", "--new-tokens", "2",
-                 "--repeats", "1", "--policies", "causal", "future", "--merge", "none", "kernel",
-                 "--no-kernel-bench", "--json", str(path), "--plot", "", "--no-progress"])
+    code = main(
+        [
+            "bench",
+            "--hidden",
+            "32",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--kv-heads",
+            "1",
+            "--vocab",
+            "50",
+            "--images",
+            "1",
+            "--tokens-per-image",
+            "4",
+            "--text-tokens",
+            "5",
+            "--new-tokens",
+            "2",
+            "--repeats",
+            "1",
+            "--policies",
+            "causal",
+            "future",
+            "--merge",
+            "none",
+            "kernel",
+            "--no-kernel-bench",
+            "--no-exact-rss",
+            "--json",
+            str(path),
+            "--plot",
+            "",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     records = json.loads(path.read_text())
-    assert [(r["policy"], r["merge"]) for r in records] == [("causal", None), ("future", None), ("future", "kernel")]
+    assert [(r["policy"], r["merge"]) for r in records] == [
+        ("causal", None),
+        ("future", None),
+        ("future", "kernel"),
+    ]
     assert records[1]["attn_ms"] is None
     out = capsys.readouterr().out
     assert "future+kernel" in out and "x causal" in out
@@ -194,8 +274,11 @@ def test_merge_prompt_pass_holds_no_dense_mask(tiny, monkeypatch):
 
     seen = []
     real = fm_hf.merge_attention
-    monkeypatch.setattr(fm_hf, "merge_attention", lambda q, k, v, base, future, **kw: seen.append((base, future))
-                        or real(q, k, v, base, future, **kw))
+    monkeypatch.setattr(
+        fm_hf,
+        "merge_attention",
+        lambda q, k, v, base, future, **kw: seen.append((base, future)) or real(q, k, v, base, future, **kw),
+    )
     inputs = _prompt(tiny)
     layout = TokenLayout.from_inputs(tiny.config, **inputs)
     with fm.apply(tiny, "future_v2t", merge="kernel"), torch.no_grad():
@@ -206,7 +289,9 @@ def test_merge_prompt_pass_holds_no_dense_mask(tiny, monkeypatch):
     rows = torch.arange(layout.length)
     dense = policy_mask("future_v2t", layout)[0] & ~policy_mask("causal", layout)[0]
     assert torch.equal(future.rows(0, rows), dense)
-    assert torch.equal(future.rows_with_future(0, "cpu", chunk=3 * layout.length), dense.any(-1).nonzero().flatten())
+    assert torch.equal(
+        future.rows_with_future(0, "cpu", chunk=3 * layout.length), dense.any(-1).nonzero().flatten()
+    )
 
 
 @pytest.mark.parametrize("merge", [None, "kernel", "lse"])

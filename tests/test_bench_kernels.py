@@ -59,7 +59,9 @@ def test_fully_masked_rows_come_out_as_zeros():
     q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
     out = blocked_sdpa(q, k, v, mask, block=8)
     assert torch.all(out[0, :, 10:14] == 0)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=2e-6, rtol=1e-5
+    )
 
 
 def test_causal_mask_is_one_causal_call():
@@ -121,14 +123,18 @@ def test_plan_is_built_once_per_mask(monkeypatch):
 
 def test_sdpa_attention_routes_long_prompts_through_blocked(monkeypatch):
     seen = []
-    monkeypatch.setattr(sdpa, "blocked_sdpa", lambda *a, **k: seen.append(a[3].shape) or blocked_sdpa(*a, **k))
+    monkeypatch.setattr(
+        sdpa, "blocked_sdpa", lambda *a, **k: seen.append(a[3].shape) or blocked_sdpa(*a, **k)
+    )
     monkeypatch.setattr(sdpa, "MIN_BLOCKED_ROWS", 64)
     mask = build_mask("mma", _layout(100, [(30, 60)]))[:, None]
     q = torch.randn(1, 4, 100, 8)
     k, v = torch.randn(1, 2, 100, 8), torch.randn(1, 2, 100, 8)  # grouped heads
     out = sdpa.sdpa_attention(q, k, v, mask)
     kk, vv = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        out, F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask), atol=2e-6, rtol=1e-5
+    )
     assert seen == [mask.shape]
     short = build_mask("mma", _layout(50, [(10, 20)]))[:, None]
     sdpa.sdpa_attention(q[:, :, :50], k[:, :, :50], v[:, :, :50], short)  # below the threshold: plain SDPA
@@ -142,8 +148,11 @@ def test_merge_kernel_scores_a_chunk_of_rows_at_a_time(monkeypatch, length):
     chunk_bytes = 4 * 6 * heads * length * rows_wanted  # the kernel's own sizing rule: 6 float32 [H, R, L]
     sizes = []
     real = merge_kernel.corrected_rows
-    monkeypatch.setattr(merge_kernel, "corrected_rows",
-                        lambda out, scores, *a, **k: sizes.append(scores.numel() * 4) or real(out, scores, *a, **k))
+    monkeypatch.setattr(
+        merge_kernel,
+        "corrected_rows",
+        lambda out, scores, *a, **k: sizes.append(scores.numel() * 4) or real(out, scores, *a, **k),
+    )
     torch.manual_seed(2)
     vis = _layout(length, [(length // 8, length // 2)])
     layout = TokenLayout.from_masks(vis)
@@ -151,10 +160,12 @@ def test_merge_kernel_scores_a_chunk_of_rows_at_a_time(monkeypatch, length):
     future = policy_mask("future", layout) & ~base
     q, k, v = (torch.randn(1, heads, length, dim) for _ in range(3))
     sinks = layout.sink_positions(1)
-    out = merge_kernel.merge_attention(q, k, v, base, future, merge=Merge(), prefix_positions=sinks,
-                                       chunk_bytes=chunk_bytes)
-    whole = merge_kernel.merge_attention(q, k, v, base, future, merge=Merge(), prefix_positions=sinks,
-                                         chunk_bytes=2**40)
+    out = merge_kernel.merge_attention(
+        q, k, v, base, future, merge=Merge(), prefix_positions=sinks, chunk_bytes=chunk_bytes
+    )
+    whole = merge_kernel.merge_attention(
+        q, k, v, base, future, merge=Merge(), prefix_positions=sinks, chunk_bytes=2**40
+    )
     torch.testing.assert_close(out, whole)
     future_rows = int(future[0].any(-1).sum())
     assert len(sizes) == -(-future_rows // rows_wanted) + 1  # chunks of this call, then one call for `whole`
@@ -177,7 +188,10 @@ def test_merge_fast_path_equals_exact_rows(policy):
     base = policy_mask("causal", layout)
     future = policy_mask(policy, layout) & ~base
     # float64, so that the two paths' different summation orders stay far below the tolerance
-    q, k = torch.randn(2, 4, length, 8, dtype=torch.float64), torch.randn(2, 2, length, 8, dtype=torch.float64)
+    q, k = (
+        torch.randn(2, 4, length, 8, dtype=torch.float64),
+        torch.randn(2, 2, length, 8, dtype=torch.float64),
+    )
     v = torch.randn(2, 2, length, 8, dtype=torch.float64)
     end = torch.full((2,), 66)
     for kind, pool, kernel, prefix in itertools.product(["kernel", "lse"], ["max", "mean"], [1, 3], [1, 2]):
@@ -196,7 +210,11 @@ def test_merge_fast_path_recomputes_rows_whose_sink_loses_its_mass(monkeypatch):
 
     recomputed = []
     real = merge_kernel.merged_logits
-    monkeypatch.setattr(merge_kernel, "merged_logits", lambda s, b, f, r, *a: recomputed.append(r.clone()) or real(s, b, f, r, *a))
+    monkeypatch.setattr(
+        merge_kernel,
+        "merged_logits",
+        lambda s, b, f, r, *a: recomputed.append(r.clone()) or real(s, b, f, r, *a),
+    )
     length, dim = 12, 4
     vis = _layout(length, [(2, 8)])
     layout = TokenLayout.from_masks(vis)
@@ -209,10 +227,13 @@ def test_merge_fast_path_recomputes_rows_whose_sink_loses_its_mass(monkeypatch):
     k[0, 0, 9:, 0] = -400.0  # ... and the future text scores pull the pooled bonus far below zero
     v = torch.randn(1, 1, length, dim)
     sinks = layout.sink_positions(1)
-    out = merge_kernel.merge_attention(q, k, v, base, future, merge=Merge(), prefix_positions=sinks, scale=1.0)
+    out = merge_kernel.merge_attention(
+        q, k, v, base, future, merge=Merge(), prefix_positions=sinks, scale=1.0
+    )
     assert recomputed and set(torch.cat(recomputed).tolist()) <= set(range(2, 8))
-    exact = merge_kernel.merge_attention(q.requires_grad_(), k, v, base, future, merge=Merge(), prefix_positions=sinks,
-                                         scale=1.0).detach()
+    exact = merge_kernel.merge_attention(
+        q.requires_grad_(), k, v, base, future, merge=Merge(), prefix_positions=sinks, scale=1.0
+    ).detach()
     torch.testing.assert_close(out, exact)
     assert merge_fast.MIN_DENOMINATOR > 0
 

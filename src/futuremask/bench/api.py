@@ -16,8 +16,9 @@ SYNTHETIC = "synthetic"
 DEFAULT_SIZE = SyntheticSize()
 
 
-def load_model(name: str = SYNTHETIC, *, size: SyntheticSize = DEFAULT_SIZE, dtype: str = "float32",
-               device: str = "cpu"):
+def load_model(
+    name: str = SYNTHETIC, *, size: SyntheticSize = DEFAULT_SIZE, dtype: str = "float32", device: str = "cpu"
+):
     """The model to measure: ``"synthetic"`` (random weights, shape ``size``) or a hub id / local path.
 
     A hub id or path is loaded with ``AutoModelForImageTextToText`` (the files must be available
@@ -51,6 +52,7 @@ def bench(
     backend: str = "auto",
     kernel_bench: bool = True,
     clock: str = "auto",
+    exact_rss: bool = True,
     dtype: str = "float32",
     device: str = "cpu",
     json_path: str | Path | None = None,
@@ -61,7 +63,8 @@ def bench(
 
     ``model`` is ``"synthetic"``, a hub id / local path, or an already loaded transformers VLM. With
     ``json_path`` / ``plot_path`` the records / a PNG of the ratios are written there. ``clock``:
-    ``auto`` (process CPU time on CPU, wall time on CUDA), ``cpu`` or ``wall``.
+    ``auto`` (process CPU time on CPU, wall time on CUDA), ``cpu`` or ``wall``. ``exact_rss`` (CPU):
+    fix glibc's mmap threshold so RSS follows live memory, for the rest of the process.
     """
     name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
@@ -77,8 +80,17 @@ def bench(
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
     }
-    settings = BenchSettings(policies=policies, merges=merges, new_tokens=new_tokens, repeats=repeats,
-                             backend=backend, kernel_bench=kernel_bench, clock=clock, extra=extra)
+    settings = BenchSettings(
+        policies=policies,
+        merges=merges,
+        new_tokens=new_tokens,
+        repeats=repeats,
+        backend=backend,
+        kernel_bench=kernel_bench,
+        clock=clock,
+        exact_rss=exact_rss,
+        extra=extra,
+    )
     records = run_bench(model, inputs, settings, progress=progress)
     if json_path is not None:
         from .report import write_json
@@ -87,7 +99,9 @@ def bench(
     if plot_path is not None:
         from .plot import plot
 
-        title = (f"{name} ({extra['params_m']}M), {records[0]['prompt_tokens']} tokens "
-                 f"({records[0]['visual_tokens']} visual), batch {batch}, {repeats} rounds")
+        title = (
+            f"{name} ({extra['params_m']}M), {records[0]['prompt_tokens']} tokens "
+            f"({records[0]['visual_tokens']} visual), batch {batch}, {repeats} rounds"
+        )
         plot(records, plot_path, title=title)
     return records

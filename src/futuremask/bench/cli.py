@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     m = p.add_argument_group("model")
-    m.add_argument("--model", default="synthetic", help="'synthetic' (random weights) or a hub id / local path")
+    m.add_argument(
+        "--model", default="synthetic", help="'synthetic' (random weights) or a hub id / local path"
+    )
     m.add_argument("--hidden", type=int, default=_SIZE.hidden, help="synthetic: hidden size")
     m.add_argument("--layers", type=int, default=_SIZE.layers, help="synthetic: decoder layers")
     m.add_argument("--heads", type=int, default=_SIZE.heads, help="synthetic: attention heads")
@@ -37,14 +39,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--new-tokens", type=int, default=16, help="tokens to decode (>= 2)")
     q.add_argument("--batch", type=int, default=1)
     r = p.add_argument_group("run")
-    r.add_argument("--policies", nargs="+", default=list(PAPER_POLICIES), choices=list(POLICIES) + ["original"])
-    r.add_argument("--merge", nargs="+", default=["none", "kernel"], choices=("none", "kernel", "lse"),
-                   help="merge kinds to measure ('none' = the policy's mask itself)")
+    r.add_argument(
+        "--policies", nargs="+", default=list(PAPER_POLICIES), choices=list(POLICIES) + ["original"]
+    )
+    r.add_argument(
+        "--merge",
+        nargs="+",
+        default=["none", "kernel"],
+        choices=("none", "kernel", "lse"),
+        help="merge kinds to measure ('none' = the policy's mask itself)",
+    )
     r.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all variants")
     r.add_argument("--backend", default="auto", choices=("auto", "sdpa", "eager", "flex"))
     r.add_argument("--no-kernel-bench", action="store_true", help="skip the one-layer attention timing")
-    r.add_argument("--clock", default="auto", choices=("auto", "cpu", "wall"),
-                   help="auto: process CPU time on CPU (robust on a shared machine), wall time on CUDA")
+    r.add_argument(
+        "--clock",
+        default="auto",
+        choices=("auto", "cpu", "wall"),
+        help="auto: process CPU time on CPU (robust on a shared machine), wall time on CUDA",
+    )
+    r.add_argument(
+        "--no-exact-rss",
+        action="store_true",
+        help="leave glibc's allocator as it is (peak RSS then includes memory it keeps cached)",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--json", dest="json_path", default=None, help="write the records to this JSON file")
     o.add_argument("--plot", dest="plot_path", default="bench.png", help="PNG of the ratios ('' to skip)")
@@ -58,20 +76,42 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise ValueError("--repeats must be at least 1")
-    size = SyntheticSize(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
-                         intermediate=args.intermediate, vocab=args.vocab)
+    size = SyntheticSize(
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        intermediate=args.intermediate,
+        vocab=args.vocab,
+    )
     records = bench(
-        args.model, size=size, images=args.images, tokens_per_image=args.tokens_per_image,
-        text_tokens=args.text_tokens, batch=args.batch, new_tokens=args.new_tokens, policies=args.policies,
-        merges=[None if m == "none" else m for m in args.merge], repeats=args.repeats, backend=args.backend,
-        kernel_bench=not args.no_kernel_bench, clock=args.clock, dtype=args.dtype, device=args.device,
-        json_path=args.json_path, plot_path=args.plot_path or None, progress=not args.no_progress,
+        args.model,
+        size=size,
+        images=args.images,
+        tokens_per_image=args.tokens_per_image,
+        text_tokens=args.text_tokens,
+        batch=args.batch,
+        new_tokens=args.new_tokens,
+        policies=args.policies,
+        merges=[None if m == "none" else m for m in args.merge],
+        repeats=args.repeats,
+        backend=args.backend,
+        kernel_bench=not args.no_kernel_bench,
+        clock=args.clock,
+        exact_rss=not args.no_exact_rss,
+        dtype=args.dtype,
+        device=args.device,
+        json_path=args.json_path,
+        plot_path=args.plot_path or None,
+        progress=not args.no_progress,
     )
     first = records[0]
-    print(f"{first['model']} ({first['params_m']}M params, {first['dtype']}, {first['threads']} threads): "
-          f"{first['prompt_tokens']} prompt tokens ({first['visual_tokens']} visual) x batch {first['batch']}, "
-          f"{first['new_tokens']} new tokens, median of {first['repeats']} interleaved rounds (± half range), "
-          f"{first['clock']} clock")
+    print(
+        f"{first['model']} ({first['params_m']}M params, {first['dtype']}, {first['threads']} threads): "
+        f"{first['prompt_tokens']} prompt tokens ({first['visual_tokens']} visual) x batch {first['batch']}, "
+        f"{first['new_tokens']} new tokens, median of {first['repeats']} interleaved rounds (± half range), "
+        f"{first['clock']} clock"
+    )
     print(table(records))
     if args.json_path:
         print(f"records written to {args.json_path}")

@@ -27,7 +27,9 @@ def _heads(model) -> tuple[int, int, int, torch.dtype, torch.device]:
     return heads, kv_heads, head_dim, param.dtype, param.device
 
 
-def attention_timer(model, layout: TokenLayout, *, seed: int = 0, now: Callable[[], float] = time.perf_counter) -> Callable:
+def attention_timer(
+    model, layout: TokenLayout, *, seed: int = 0, now: Callable[[], float] = time.perf_counter
+) -> Callable:
     """A function ``timer(variant) -> {"attn_ms", "plan_ms"}`` timing one attention layer on ``layout``.
 
     ``plan_ms`` is the blocked-SDPA plan of the mask (CPU; once per forward in a model, so it is
@@ -48,7 +50,11 @@ def attention_timer(model, layout: TokenLayout, *, seed: int = 0, now: Callable[
     def timer(variant) -> float:
         base = policy_mask("causal", lay)[:, None]
         if variant.merge is None:
-            mask = None if variant.policy == "causal" and bool(lay.valid.all()) else policy_mask(variant.policy, lay)[:, None]
+            mask = (
+                None
+                if variant.policy == "causal" and bool(lay.valid.all())
+                else policy_mask(variant.policy, lay)[:, None]
+            )
             del base
             fn = lambda: sdpa_attention(q, k, v, mask)  # noqa: E731
         else:

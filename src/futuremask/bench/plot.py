@@ -1,4 +1,4 @@
-"""PNG plot of a benchmark run: each variant's ratio to ``causal`` for prefill, attention, decode and memory."""
+"""PNG plot of a benchmark run: each variant's ratio to ``causal`` (prefill, attention, decode, memory)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,15 @@ def plot(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Pa
                 hi.append(max(r[metric + "_max"] / base - v, 0.0))
         ax.bar(xs, vals, yerr=[lo, hi], color="#4c72b0", capsize=3)
         if ratio in ("prefill_ratio", "attn_ratio"):
-            ax.scatter(xs, [r["pairs_ratio"] for r in records], marker="_", s=300, color="#dd8452",
-                       label="attended pairs ratio", zorder=3)
+            ax.scatter(
+                xs,
+                [r["pairs_ratio"] for r in records],
+                marker="_",
+                s=300,
+                color="#dd8452",
+                label="attended pairs ratio",
+                zorder=3,
+            )
             ax.legend(loc="upper left", fontsize=8)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(list(xs))

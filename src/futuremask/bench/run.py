@@ -11,11 +11,12 @@ One *measurement* of a variant applies it to the model (:func:`futuremask.apply`
 Times are process CPU time on CPU (``time.process_time``: on a shared machine, time spent waiting
 for a core is not counted; with several threads it is their sum) and wall time on CUDA; on CPU the
 allocator is set to map large blocks on their own so that RSS follows live memory
-(:func:`~futuremask.bench.memory.exact_rss_accounting`). Rounds visit every variant once, in an order rotated from round to round, so drift in the machine's
-load spreads over all variants; each figure is the median of the rounds, with its min and max, and
-each ratio divides a variant's median by the median of ``causal`` (no merge) from the same run.
-A second, kernel-level pass times one attention layer alone under each variant (``attn_ms``) next
-to the share of attended pairs (``pairs_ratio``), which is what the masks change.
+(:func:`~futuremask.bench.memory.exact_rss_accounting`). Rounds visit every variant once, in an
+order rotated from round to round, so drift in the machine's load spreads over all variants; each
+figure is the median of the rounds, with its min and max, and each ratio divides a variant's
+median by the median of ``causal`` (no merge) from the same run. A second, kernel-level pass times
+one attention layer alone under each variant (``attn_ms``) next to the share of attended pairs
+(``pairs_ratio``), which is what the masks change.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Variant:
 
 
 def variants(policies: Sequence[str], merges: Sequence[str | None]) -> list[Variant]:
-    """``causal`` (always first) and every policy x merge; ``causal`` with a merge is skipped (nothing to fold)."""
+    """``causal`` (first) and every policy x merge (``causal`` with a merge has nothing to fold: skipped)."""
     names = [get_policy(p).name for p in policies]
     out = [Variant("causal")]
     for merge in merges:
@@ -119,7 +120,12 @@ class _MaskSpy:
 
 
 def measure(
-    model, inputs: dict[str, torch.Tensor], variant: Variant, *, new_tokens: int, backend: str = "auto",
+    model,
+    inputs: dict[str, torch.Tensor],
+    variant: Variant,
+    *,
+    new_tokens: int,
+    backend: str = "auto",
     clock: str = "wall",
 ) -> dict[str, float | None]:
     """One generate() call of ``new_tokens`` (>= 2) tokens under ``variant``: its figures (see module doc).
@@ -138,7 +144,10 @@ def measure(
                 torch.cuda.synchronize()
             start = now()
             model.generate(
-                **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                **inputs,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
                 stopping_criteria=StoppingCriteriaList([steps]),
             )
     stamps = steps.stamps
@@ -176,6 +185,7 @@ class BenchSettings:
     kernel_bench: bool = True
     warmup: bool = True
     clock: str = "auto"
+    exact_rss: bool = True  # CPU: fix glibc's mmap threshold for the rest of the process (memory.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -186,7 +196,9 @@ def _summary(samples: list[float | None]) -> tuple[float | None, float | None, f
     return statistics.median(values), min(values), max(values)
 
 
-def run_bench(model, inputs: dict[str, torch.Tensor], settings: BenchSettings, *, progress: bool = True) -> list[dict]:
+def run_bench(
+    model, inputs: dict[str, torch.Tensor], settings: BenchSettings, *, progress: bool = True
+) -> list[dict]:
     """Measure every variant on ``model`` with ``inputs`` (``input_ids``/``attention_mask`` ``[B, L]``).
 
     Returns one record per variant (``causal`` first): ``policy``, ``merge`` (None or the kind), the
@@ -200,10 +212,12 @@ def run_bench(model, inputs: dict[str, torch.Tensor], settings: BenchSettings, *
     clock = settings.clock if settings.clock != "auto" else ("cpu" if device.type == "cpu" else "wall")
     if clock not in CLOCKS:
         raise ValueError(f"unknown clock {clock!r}; choose 'auto', 'wall' or 'cpu'")
-    if device.type == "cpu":
+    if device.type == "cpu" and settings.exact_rss:
         exact_rss_accounting()
     config = model.config
-    layout = TokenLayout.from_inputs(config, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+    layout = TokenLayout.from_inputs(
+        config, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
+    )
     causal_pairs = attended_pairs("causal", layout)
     timer = attention_timer(model, layout, now=CLOCKS[clock]) if settings.kernel_bench else None
     samples: dict[Variant, dict[str, list]] = {v: {} for v in runs}
@@ -218,7 +232,9 @@ def run_bench(model, inputs: dict[str, torch.Tensor], settings: BenchSettings, *
         order = runs[r % len(runs) :] + runs[: r % len(runs)]
         for v in order:
             bar.set_postfix_str(f"round {r + 1}/{settings.repeats} {v.label}")
-            figures = measure(model, inputs, v, new_tokens=settings.new_tokens, backend=settings.backend, clock=clock)
+            figures = measure(
+                model, inputs, v, new_tokens=settings.new_tokens, backend=settings.backend, clock=clock
+            )
             for key, value in figures.items():
                 samples[v].setdefault(key, []).append(value)
             bar.update()
@@ -247,8 +263,12 @@ def _records(runs, samples, layout, causal_pairs, settings, inputs, clock) -> li
         records.append(rec)
     base = records[0]
     for rec in records:
-        for metric, ratio in (("prefill_ms", "prefill_ratio"), ("decode_ms_per_token", "decode_ratio"),
-                              ("peak_mem_mb", "mem_ratio"), ("attn_ms", "attn_ratio")):
+        for metric, ratio in (
+            ("prefill_ms", "prefill_ratio"),
+            ("decode_ms_per_token", "decode_ratio"),
+            ("peak_mem_mb", "mem_ratio"),
+            ("attn_ms", "attn_ratio"),
+        ):
             num, den = rec[metric], base[metric]
             rec[ratio] = num / den if num is not None and den else None
         once = rec["mask_ms"] + (rec["plan_ms"] or 0.0)  # per-forward work: the mask and its plan

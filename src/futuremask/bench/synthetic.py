@@ -18,7 +18,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 @dataclass(frozen=True)
 class SyntheticSize:
-    """Shape of the synthetic model's Llama text backbone (``intermediate=None``: ``8/3 * hidden``, rounded)."""
+    """Shape of the synthetic model's Llama backbone (``intermediate=None``: ``8/3 * hidden``, rounded)."""
 
     hidden: int = 768
     layers: int = 8
@@ -33,7 +33,7 @@ class SyntheticSize:
 
 
 def synthetic_llava(size: SyntheticSize | None = None, *, seed: int = 0) -> LlavaForConditionalGeneration:
-    """A random-weight ``LlavaForConditionalGeneration`` with a Llama backbone of ``size`` and a tiny CLIP tower.
+    """A random-weight ``LlavaForConditionalGeneration``: a Llama backbone of ``size``, a tiny CLIP tower.
 
     The image placeholder is the last id of the vocabulary (``config.image_token_id``); id 0 is padding,
     1 is BOS and 2 is EOS. Weights are ``N(0, 0.02)`` from ``seed``, in float32, in eval mode.
@@ -57,7 +57,12 @@ def synthetic_llava(size: SyntheticSize | None = None, *, seed: int = 0) -> Llav
         eos_token_id=2,
     )
     vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
     )
     config = LlavaConfig(
         text_config=text,
@@ -89,7 +94,7 @@ def parameter_count(model: torch.nn.Module, text_only: bool = True) -> int:
 
 @dataclass(frozen=True)
 class PromptShape:
-    """A synthetic prompt: ``images`` runs of ``tokens_per_image`` placeholders among ``text_tokens`` text ids.
+    """A synthetic prompt: ``images`` runs of ``tokens_per_image`` placeholders among ``text_tokens`` texts.
 
     The text is split into ``images + 1`` near-equal segments (``text, image, text, ..., image, text``),
     so text follows every image, as in a question after the pictures. The first text id is BOS.
@@ -111,7 +116,9 @@ def image_token_id(config) -> int:
         value = getattr(config, name, None)
         if isinstance(value, int) and value >= 0:
             return value
-    raise ValueError(f"{type(config).__name__} has no image_token_id; the benchmark needs a VLM config that has one")
+    raise ValueError(
+        f"{type(config).__name__} has no image_token_id; the benchmark needs a VLM config that has one"
+    )
 
 
 def synthetic_prompt(config, shape: PromptShape, *, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -121,7 +128,9 @@ def synthetic_prompt(config, shape: PromptShape, *, seed: int = 0) -> dict[str, 
     same prompt (no padding).
     """
     if shape.text_tokens < shape.images + 1:
-        raise ValueError(f"text_tokens ({shape.text_tokens}) must be at least images + 1 ({shape.images + 1})")
+        raise ValueError(
+            f"text_tokens ({shape.text_tokens}) must be at least images + 1 ({shape.images + 1})"
+        )
     text_cfg = getattr(config, "text_config", None) or config
     vocab = text_cfg.vocab_size
     image_id = image_token_id(config)

@@ -13,8 +13,9 @@ forward, shared by every layer), splits each block's keys into pieces:
 
 The pieces of a run are gathered into at most three SDPA calls (all full pieces side by side, the
 causal square, all masked pieces side by side), combined exactly through their log-sum-exp
-(``softmax`` over the union of disjoint key sets); a run needing one call makes one plain call. The work done is then the attended
-pairs plus half a diagonal block per row block, and no mask larger than one block is converted.
+(``softmax`` over the union of disjoint key sets); a run needing one call makes one plain call.
+The work done is then the attended pairs, and no mask larger than ``block x Lk`` is converted to
+float (only where a run's rows differ, e.g. padding in a batch).
 """
 
 from __future__ import annotations
@@ -125,7 +126,9 @@ def _transitions(mask: torch.Tensor, chunk: int) -> list[int]:
         kind[grow] = _GROW
         agree = (kind == kind[:1]).all(0)
         broken = (kind == _BREAK).any(0)
-        merged = torch.where(agree, kind[0], torch.full_like(kind[0], _EITHER))  # batch rows disagree (padding)
+        merged = torch.where(
+            agree, kind[0], torch.full_like(kind[0], _EITHER)
+        )  # batch rows disagree (padding)
         kinds += torch.where(broken, torch.full_like(merged, _BREAK), merged).tolist()
     return kinds
 
@@ -160,13 +163,19 @@ def plan(mask: torch.Tensor, block: int = DEFAULT_BLOCK) -> tuple[Block, ...]:
     mask SDPA makes of it to ``block x Lk`` elements.
     """
     if mask.dim() != 4 or mask.shape[1] != 1 or mask.dtype != torch.bool:
-        raise ValueError(f"blocked SDPA needs a bool mask [B, 1, Lq, Lk]; got {tuple(mask.shape)} {mask.dtype}")
+        raise ValueError(
+            f"blocked SDPA needs a bool mask [B, 1, Lq, Lk]; got {tuple(mask.shape)} {mask.dtype}"
+        )
     blocks = []
     for s, e in row_runs(mask, mask.shape[2]):
         pieces = _plan_block(mask[:, 0, s:e], s, e)
         if e - s > block and any(p.kind == "masked" for p in pieces):  # bound the per-call float mask
-            blocks += [Block(a, min(a + block, e), _plan_block(mask[:, 0, a : min(a + block, e)], a, min(a + block, e)))
-                       for a in range(s, e, block)]
+            blocks += [
+                Block(
+                    a, min(a + block, e), _plan_block(mask[:, 0, a : min(a + block, e)], a, min(a + block, e))
+                )
+                for a in range(s, e, block)
+            ]
         else:
             blocks.append(Block(s, e, pieces))
     return tuple(blocks)
@@ -195,7 +204,7 @@ def _keys(k: torch.Tensor, v: torch.Tensor, pieces: list[Piece]) -> tuple[torch.
 
 
 def _groups(pieces: tuple[Piece, ...]) -> list[tuple[str, list[Piece]]]:
-    """The pieces gathered into at most three SDPA calls: all full ones, the causal square, all masked ones."""
+    """The pieces gathered into at most three SDPA calls: full ones, the causal square, masked ones."""
     groups = []
     for kind in ("full", "causal", "masked"):
         members = [p for p in pieces if p.kind == kind]
@@ -212,7 +221,9 @@ def _group_call(q, k, v, kind: str, members: list[Piece], scale: float | None, w
         mask = members[0].mask if len(members) == 1 else torch.cat([p.mask for p in members], dim=-1)
         row_any = mask.any(-1)
     if not with_lse:
-        return F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, is_causal=kind == "causal", scale=scale)
+        return F.scaled_dot_product_attention(
+            q, ks, vs, attn_mask=mask, is_causal=kind == "causal", scale=scale
+        )
     bias = None
     if mask is not None:
         bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
@@ -258,5 +269,7 @@ def blocked_sdpa(
     blocks = cached_plan(mask, block)
     out = torch.empty_like(q)
     for blk in blocks:
-        out[:, :, blk.start : blk.stop] = _block_attention(q[:, :, blk.start : blk.stop], k, v, blk.pieces, scale)
+        out[:, :, blk.start : blk.stop] = _block_attention(
+            q[:, :, blk.start : blk.stop], k, v, blk.pieces, scale
+        )
     return out

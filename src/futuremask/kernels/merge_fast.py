@@ -26,7 +26,12 @@ MIN_DENOMINATOR = 0.5
 
 
 def future_bonus(
-    scores: torch.Tensor, future: torch.Tensor, rows: torch.Tensor, merge: Merge, n_groups: int, prompt_end: int
+    scores: torch.Tensor,
+    future: torch.Tensor,
+    rows: torch.Tensor,
+    merge: Merge,
+    n_groups: int,
+    prompt_end: int,
 ) -> torch.Tensor:
     """``[H, R, p]``: what each row's future adds to each of its ``p`` prefix positions.
 
@@ -42,10 +47,13 @@ def future_bonus(
         rank = torch.cumsum(future.long(), dim=-1) - 1
         group = split_groups(rank, future.sum(-1, keepdim=True), n_groups)
         return torch.stack(
-            [torch.logsumexp(member.masked_fill(group != g, float("-inf")), dim=-1) for g in range(n_groups)], -1
+            [torch.logsumexp(member.masked_fill(group != g, float("-inf")), dim=-1) for g in range(n_groups)],
+            -1,
         )
     end, k = prompt_end, merge.kernel
-    lo = min(int(rows.min()) + 1, end) if rows.numel() else end  # no window starts before the first row's future
+    lo = (
+        min(int(rows.min()) + 1, end) if rows.numel() else end
+    )  # no window starts before the first row's future
     is_max = merge.pool == "max"
     f = torch.where(future[:, lo:end], scores[..., lo:end], 0.0)  # [H, R, E - lo]
     pooled = f.clone()
@@ -58,7 +66,9 @@ def future_bonus(
             head += f[..., d:]
     n = (end - 1 - rows).clamp(min=0)[:, None]  # [R, 1] future length n_i
     n_windows = torch.where(n >= k, n - k + 1, (n > 0).long())
-    w = torch.arange(lo, end, device=scores.device)[None, :] - (rows[:, None] + 1)  # window index of each start
+    w = torch.arange(lo, end, device=scores.device)[None, :] - (
+        rows[:, None] + 1
+    )  # window index of each start
     in_window = (w >= 0) & (w < n_windows)
     weight = in_window.to(scores.dtype)
     if not is_max:
@@ -66,7 +76,9 @@ def future_bonus(
     if n_groups == 1:
         return torch.einsum("hrj,rj->hr", pooled, weight)[..., None]
     group = split_groups(w.clamp(min=0), n_windows, n_groups)
-    return torch.stack([torch.einsum("hrj,rj->hr", pooled, weight * (group == g)) for g in range(n_groups)], -1)
+    return torch.stack(
+        [torch.einsum("hrj,rj->hr", pooled, weight * (group == g)) for g in range(n_groups)], -1
+    )
 
 
 def corrected_rows(

@@ -48,7 +48,9 @@ class FutureRows:
         """bool ``[R, L]``: the future keys of query ``rows`` (long ``[R]``) of batch row ``b``."""
         keys = torch.arange(self.length, device=rows.device)
         bb = torch.tensor(b, device=rows.device)
-        extra = self.overlay(bb, torch.zeros((), dtype=torch.long, device=rows.device), rows[:, None], keys[None, :])
+        extra = self.overlay(
+            bb, torch.zeros((), dtype=torch.long, device=rows.device), rows[:, None], keys[None, :]
+        )
         return extra.expand(rows.numel(), self.length) & ~self.base_rows(b, rows)
 
     def rows_with_future(self, b: int, device: torch.device | str, chunk: int = 2**22) -> torch.Tensor:
