@@ -107,3 +107,19 @@ def test_milebench_examples_match_eval_prompts(tmp_path):
     assert n_img == 16 * batch["pixel_values"].shape[0]
     assert "<unk>" not in proc.tokenizer.convert_ids_to_tokens(batch["input_ids"].flatten().tolist())
     assert set(example_words(examples)) <= set(proc.tokenizer.get_vocab())
+
+
+def test_bos_exactly_once_as_the_runner_adds_it():
+    from tokenizers.processors import TemplateProcessing
+
+    from futuremask.tiny import CHAT_TEMPLATE
+
+    _, proc = tiny_llava(seed=6)
+    tok = proc.tokenizer
+    bos = tok.bos_token_id
+    tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    example = _examples()[0]
+    for template in (CHAT_TEMPLATE, "<s> " + CHAT_TEMPLATE):  # a template without, then with, its own BOS
+        proc.chat_template = template
+        ids = SFTCollator(proc).encode(example)["input_ids"].tolist()
+        assert ids[0] == bos and ids.count(bos) == 1, template[:5]

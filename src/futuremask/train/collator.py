@@ -94,7 +94,8 @@ class SFTCollator:
         """One example -> ``input_ids``, ``labels`` long ``[L]`` and the processor's image tensors.
 
         The prompt goes through the processor (which expands each image placeholder into its visual
-        tokens); the answer is tokenized on its own and appended, so the split is exact.
+        tokens; special tokens are added unless the templated prompt already starts with BOS, as the
+        evaluation runner does); the answer is tokenized on its own and appended, so the split is exact.
         """
         if "input_ids" in example:
             return dict(example)
@@ -108,7 +109,10 @@ class SFTCollator:
             if n_slots != len(images):
                 raise ValueError(f"the example has {n_slots} image parts but {len(images)} images")
         prompt = example["prompt"] if "prompt" in example else self.prompt_text(content)
-        enc = self.processor(text=[prompt], images=images or None, return_tensors="pt", add_special_tokens=False)
+        bos = getattr(self.tokenizer, "bos_token", None)
+        add_special = not (bos and prompt.startswith(bos))  # as the evaluation runner: a BOS exactly once
+        enc = self.processor(text=[prompt], images=images or None, return_tensors="pt",
+                             add_special_tokens=add_special)
         prompt_ids = enc["input_ids"][0]
         answer_ids = self.tokenizer(self.answer_text(example["answer"], content), add_special_tokens=False)
         answer_ids = list(answer_ids["input_ids"])
