@@ -3,7 +3,7 @@
 Examples::
 
     # a tiny LLaVA from scratch on the procedural demo tasks, under modality-mutual attention
-    futuremask train --demo --policy mma --steps 1500 --out runs/demo-mma
+    futuremask train --demo --policy mma --steps 4000 --out runs/demo-mma
 
     # fine-tune an existing checkpoint on MileBench-format data
     futuremask train --init path/to/llava --data-dir path/to/data --policy future --out runs/ft
@@ -54,9 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--policy", default="causal", choices=POLICIES, help="mask policy during training")
     opt.add_argument("--merge", choices=("kernel", "lse"), help="train with the light merge instead")
     opt.add_argument("--backend", default="sdpa", choices=("sdpa", "eager", "flex", "auto"))
-    opt.add_argument("--steps", type=int, default=1500)
+    opt.add_argument("--steps", type=int, default=4000)
     opt.add_argument("--batch-size", type=int, default=16)
-    opt.add_argument("--lr", type=float, default=2e-3)
+    opt.add_argument("--lr", type=float, default=1.5e-3)
     opt.add_argument("--warmup", type=int, default=50)
     opt.add_argument("--seed", type=int, default=0, help="seed of the data order")
     opt.add_argument("--padding-side", default="right", choices=("left", "right"))
