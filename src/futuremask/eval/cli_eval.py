@@ -114,7 +114,7 @@ def _score_and_report(
     from .scoring import score_run
 
     for run_dir in runs:
-        score_run(data_dir, run_dir, [t.name for t in tasks], adv=adv)
+        score_run(data_dir, run_dir, [t.name for t in tasks], adv=adv, progress=False)
     print(build_report(output_dir))
 
 

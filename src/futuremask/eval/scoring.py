@@ -244,6 +244,7 @@ def score_run(
     tasks: list[str] | None = None,
     *,
     adv: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Score a run folder and write the per-task files and ``result.json`` / ``result.csv``.
 
@@ -253,6 +254,7 @@ def score_run(
         tasks: the tasks (or groups, see :func:`expand_tasks`) to score; by default every task folder
             with a ``pred.json``.
         adv: score against the adversarial ``<Task>-adv.json`` files.
+        progress: show a progress bar (over tasks) when there are several.
 
     Returns:
         The summary written to ``result.json``: ``{run_name: {category: {task: eval.json dict}}}``; it
@@ -267,7 +269,7 @@ def score_run(
     if not names:
         raise FileNotFoundError(f"no <Task>/pred.json under {result_dir}; nothing to score")
     results = []
-    with tqdm(names, desc="scoring", unit="task", disable=len(names) < 2) as bar:
+    with tqdm(names, desc="scoring", unit="task", disable=not progress or len(names) < 2) as bar:
         for task in bar:  # the bar closes before an error propagates, so messages are not interleaved
             annotation = load_annotation(data_dir, task, adv)
             results.append(score_task(task, annotation, load_predictions(result_dir, task)))

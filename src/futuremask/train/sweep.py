@@ -117,7 +117,7 @@ def run_sweep(
         runs = evaluate(model, processor, tasks, list(eval_policies), out / "eval" / policy, run_cfg)
         scores = {}
         for eval_policy, run_dir in zip(eval_policies, runs, strict=True):
-            score_run(eval_data_dir, run_dir, [t.name for t in tasks])
+            score_run(eval_data_dir, run_dir, [t.name for t in tasks], progress=False)
             scores[eval_policy] = task_scores(run_dir)
         result["runs"][policy] = {"losses": res.losses, "seconds": round(seconds, 1),
                                   "params": sum(p.numel() for p in model.parameters())}
