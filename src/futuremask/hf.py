@@ -326,7 +326,7 @@ class FutureMask:
             hook.remove()
         del self.model.prepare_inputs_for_generation  # back to the class's method
         self._set_impl(self._previous)
-        self.model._futuremask = None
+        del self.model._futuremask
 
     def __enter__(self) -> FutureMask:
         return self
