@@ -107,7 +107,7 @@ def test_find_answers_are_balanced_and_match_the_pixels(tmp_path: Path):
 
 
 def test_change_constant_answer_scores_low(tmp_path: Path):
-    # No template words: the best constant answer matches at most one of the two words.
+    # No template words: every word of a constant answer is wrong in about half the samples or more.
     generate_demo_data(tmp_path, samples_per_task=200, seed=0, tasks=["DemoChange"])
     answers = [s["response"].split() for s in _task(tmp_path, "DemoChange")["data"]]
     assert all(len(a) == 2 and a[0] in ("left", "right") for a in answers)

@@ -171,7 +171,8 @@ def _make_change(rng: random.Random) -> Sample:
         images.append(image)
     position = ("left", "right")[side]
     context = f"{_placeholders(2)} which shape changed color and to what color ?"
-    # Two informative words and no template: a constant answer matches at most one of them.
+    # Two informative words and no template: a constant answer gets both right only when the side and
+    # the new color happen to agree (measured: the best training-set constant scores 35 ROUGE-L).
     return images, context, f"{position} {new_color}", None
 
 
