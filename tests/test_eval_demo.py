@@ -57,7 +57,7 @@ def test_valid_milebench_data_with_questions_after_the_images(demo: Path):
         for s in task.samples:
             n = len(s.image_paths)
             assert 2 <= n <= 4
-            slots = " ".join(f"{{image#{k}}}" for k in range(1, n + 1))
+            slots = " ".join(f"image {k} : {{image#{k}}}" for k in range(1, n + 1))
             assert s.context.startswith(slots + " ") and "{" not in s.context[len(slots):]
             words = s.context[len(slots):].split() + s.response.split() + s.instruction.split()
             words += [w for c in s.choice_list or [] for w in c.split()]
@@ -88,7 +88,31 @@ def test_change_answers_name_the_changed_side(demo: Path):
         before, after = (_pixels(demo, "DemoChange", n) for n in sample["task_instance"]["images_path"])
         side = "left" if (before[:, :16] != after[:, :16]).any() else "right"
         x = 9 if side == "left" else 23
-        assert sample["response"] == f"the {side} shape is now {_nearest_color(after[16, x])}"
+        assert sample["response"] == f"{side} {_nearest_color(after[16, x])}"
+
+
+def test_find_answers_are_balanced_and_match_the_pixels(tmp_path: Path):
+    generate_demo_data(tmp_path, samples_per_task=200, seed=0, tasks=["DemoFind"])
+    counts = dict.fromkeys(range(1, 5), 0)
+    for sample in _task(tmp_path, "DemoFind")["data"]:
+        instance = sample["task_instance"]
+        assert instance["choice_list"] == ["image 1", "image 2", "image 3", "image 4"]
+        k = int(sample["response"].split()[1])
+        counts[k] += 1
+        color = re.search(r"has the (\w+) \w+ \?", instance["context"]).group(1)
+        center = _pixels(tmp_path, "DemoFind", instance["images_path"][k - 1])[16, 16]
+        assert _nearest_color(center) == color
+    # uniform over 4 positions: 50 expected each, a constant answer scores about 25 %
+    assert all(30 <= c <= 70 for c in counts.values()), counts
+
+
+def test_change_constant_answer_scores_low(tmp_path: Path):
+    # No template words: every word of a constant answer is wrong in about half the samples or more.
+    generate_demo_data(tmp_path, samples_per_task=200, seed=0, tasks=["DemoChange"])
+    answers = [s["response"].split() for s in _task(tmp_path, "DemoChange")["data"]]
+    assert all(len(a) == 2 and a[0] in ("left", "right") for a in answers)
+    best = max(sum(w in a for a in answers) for w in {w for a in answers for w in a})
+    assert best / len(answers) < 0.6  # a constant's ROUGE-L F is the mean of its two words' shares
 
 
 def test_demo_model_covers_every_demo_word():

@@ -42,42 +42,48 @@ def test_choice_block_matches_the_official_format():
 
 
 def test_fixture_prompt_strings(color_task: Path, processor):
-    # DemoColor sample 0 (seed 0): 4 images, the question names image 3.
+    # DemoColor sample 0 (seed 0): 4 labelled images, the question names image 3.
     sample = load_task(color_task, "DemoColor").samples[0]
     assert raw_context(sample) == (
-        f"{S} {S} {S} {S} what color is the shape in image 3 ?"
+        f"image 1 : {S} image 2 : {S} image 3 : {S} image 4 : {S} what color is the shape in image 3 ?"
         "\nChoice list: \nA. green\nB. purple\nC. blue\nD. red\nYour answer is: "
     )
     prompt = build_prompt(sample, processor, max_context_len=4096, tokens_per_image=16)
     # Kept fragments are re-decoded by the tokenizer, as MileBench does: the word-level tokenizer joins
     # words with single spaces, so newlines and the spaces around slots disappear.
     assert prompt.question == (
-        MC + f"\n{S}{S}{S}{S}what color is the shape in image 3 ? Choice list: A. green B. purple C. blue "
+        MC + f"\nimage 1 :{S}image 2 :{S}image 3 :{S}image 4 :{S}what color is the shape in image 3 ? "
+        "Choice list: A. green B. purple C. blue "
         "D. red Your answer is:"
     )
     assert prompt.text == (
-        "USER: " + MC + "\n <image> <image> <image> <image> what color is the shape in image 3 ? Choice list: "
+        "USER: " + MC + "\nimage 1 : <image> image 2 : <image> image 3 : <image> image 4 : <image> "
+        "what color is the shape in image 3 ? Choice list: "
         "A. green B. purple C. blue D. red Your answer is: ASSISTANT:"
     )
     assert prompt.image_paths == sample.image_paths
 
     change = load_task(color_task, "DemoChange").samples[1]
     assert build_prompt(change, processor, 4096, 16).text == (
-        "USER: look at the images and answer the question with a short answer .\n <image> <image> "
-        "what changed between the two images ? ASSISTANT:"
+        "USER: look at the images and answer the question with a short answer .\nimage 1 : <image> "
+        "image 2 : <image> which shape changed color and to what color ? ASSISTANT:"
     )
 
 
 def test_truncation_drops_the_earliest_images_first(color_task: Path, processor):
     sample = load_task(color_task, "DemoColor").samples[0]
     tail = "what color is the shape in image 3 ? Choice list: A. green B. purple C. blue D. red Your answer is:"
-    # budget = 14 (instruction) + 22 (question) + 2 * 16 (two images); a third image would need 84.
-    prompt = build_prompt(sample, processor, max_context_len=68, tokens_per_image=16)
+    # budget = 14 (instruction) + 22 (question) + 2 * (3 + 16) (two images, each with its "image k :"
+    # label) = 74; from 71 to 73 the second image fits but not its label, and below 71 only one image.
+    prompt = build_prompt(sample, processor, max_context_len=74, tokens_per_image=16)
     assert prompt.image_paths == sample.image_paths[2:]
-    assert prompt.question == MC + f"\n{S}{S}" + tail
-    prompt = build_prompt(sample, processor, max_context_len=67, tokens_per_image=16)
+    assert prompt.question == MC + f"\nimage 3 :{S}image 4 :{S}" + tail
+    prompt = build_prompt(sample, processor, max_context_len=71, tokens_per_image=16)
+    assert prompt.image_paths == sample.image_paths[2:]
+    assert prompt.question == MC + f"\n{S}image 4 :{S}" + tail
+    prompt = build_prompt(sample, processor, max_context_len=70, tokens_per_image=16)
     assert prompt.image_paths == sample.image_paths[3:]
-    assert prompt.question == MC + f"\n{S}" + tail
+    assert prompt.question == MC + f"\nimage 4 :{S}" + tail
     # The question alone is over budget: its last 5 tokens are kept, no image.
     prompt = build_prompt(sample, processor, max_context_len=19, tokens_per_image=16)
     assert prompt.image_paths == []
