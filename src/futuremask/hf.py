@@ -31,7 +31,7 @@ from transformers.masking_utils import AttentionMaskInterface, flex_attention_ma
 
 from .kernels import eager_attention, flex_attention, merge_attention, sdpa_attention
 from .kernels.rows import FutureRows
-from .layout import TokenLayout, visual_token_ids
+from .layout import PER_TOKEN_KEYS, TokenLayout, visual_token_ids
 from .merge import Merge
 from .policies import Policy, dense_mask, get_policy, overlay_mod
 
@@ -358,9 +358,6 @@ def apply(model, policy: str, merge: Merge | str | None = None, backend: str = "
 
 # --- continuation scoring -------------------------------------------------------------------------
 
-_PER_TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
-
-
 def _pad_continuations(
     continuation_ids: torch.Tensor | Sequence[Sequence[int]], batch_size: int, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,6 +378,30 @@ def _pad_continuations(
         ids[i, : len(r)] = r
         keep[i, : len(r)] = True
     return ids.to(device), keep.to(device)
+
+
+def with_continuation(inputs: Mapping[str, Any], cont: torch.Tensor, keep: torch.Tensor) -> dict[str, Any]:
+    """Model inputs for prompt + continuation in one pass, the continuation outside the prompt region.
+
+    Args:
+        inputs: the processor's output for the prompts (``input_ids [B, Lp]``, ``attention_mask``, ...).
+        cont: long ``[B, Lc]`` continuation ids; keep: bool ``[B, Lc]``, False on right padding.
+
+    Returns:
+        ``inputs`` with ``input_ids``, ``attention_mask`` and the per-token keys extended by ``Lc``, and a
+        ``prompt_mask`` (bool ``[B, Lp + Lc]``) that is True on the valid prompt positions only.
+    """
+    input_ids = inputs["input_ids"]
+    prompt_valid = inputs.get("attention_mask")
+    prompt_valid = torch.ones_like(input_ids) if prompt_valid is None else prompt_valid
+    call = dict(inputs)
+    call["input_ids"] = torch.cat([input_ids, cont], dim=1)
+    call["attention_mask"] = torch.cat([prompt_valid.to(keep.dtype), keep], dim=1).long()
+    for key in PER_TOKEN_KEYS:
+        if call.get(key) is not None:
+            call[key] = torch.nn.functional.pad(call[key], (0, cont.shape[1]), value=0)
+    call["prompt_mask"] = torch.cat([prompt_valid.bool(), torch.zeros_like(keep)], dim=1)
+    return call
 
 
 def continuation_logprob(
@@ -416,15 +437,7 @@ def continuation_logprob(
     cont, keep = _pad_continuations(continuation_ids, batch_size, device)
     if cont.shape[1] == 0:
         raise ValueError("continuation_ids is empty: there is nothing to score")
-    prompt_valid = inputs.get("attention_mask")
-    prompt_valid = torch.ones_like(input_ids) if prompt_valid is None else prompt_valid
-    call = dict(inputs)
-    call["input_ids"] = torch.cat([input_ids, cont], dim=1)
-    call["attention_mask"] = torch.cat([prompt_valid.to(keep.dtype), keep], dim=1).long()
-    for key in _PER_TOKEN_KEYS:
-        if call.get(key) is not None:
-            call[key] = torch.nn.functional.pad(call[key], (0, cont.shape[1]), value=0)
-    call["prompt_mask"] = torch.cat([prompt_valid.bool(), torch.zeros_like(keep)], dim=1)
+    call = with_continuation(inputs, cont, keep)
     with apply(model, policy, merge=merge, backend=backend), torch.no_grad():
         logits = model(**call, use_cache=False).logits
     logp = torch.log_softmax(logits[:, prompt_len - 1 : -1].float(), dim=-1)

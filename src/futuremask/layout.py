@@ -13,6 +13,8 @@ import torch
 
 TEXT, IMAGE, VIDEO = 0, 1, 2
 IGNORE_INDEX = -100
+PER_TOKEN_KEYS = ("mm_token_type_ids", "token_type_ids")
+"""Processor outputs (besides input_ids / attention_mask) that hold one entry per token."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import DEFAULT_PROMPT, sample_image, sample_inputs
-from .hf import apply, continuation_logprob
+from .hf import apply, continuation_logprob, with_continuation
 from .layout import TokenLayout, visual_token_ids
 from .merge import Merge
 from .policies import POLICIES, get_policy
@@ -199,19 +199,12 @@ class _Verifier:
         return result
 
     def check_continuation(self, policy: str, merge: Merge | None) -> CheckResult:
-        ids, mask = self.inputs["input_ids"], self.inputs.get("attention_mask")
-        mask = torch.ones_like(ids) if mask is None else mask
+        ids = self.inputs["input_ids"]
         length = ids.shape[1]
         cont_a, cont_b = _continuations(ids, self.layout, self.model.config)
         states = []
         for cont in (cont_a, cont_b):
-            call = dict(self.inputs)
-            call["input_ids"] = torch.cat([ids, cont], dim=1)
-            call["attention_mask"] = torch.cat([mask, torch.ones_like(cont)], dim=1)
-            call["prompt_mask"] = torch.cat([mask.bool(), torch.zeros_like(cont, dtype=torch.bool)], dim=1)
-            for key in ("mm_token_type_ids", "token_type_ids"):
-                if call.get(key) is not None:
-                    call[key] = torch.nn.functional.pad(call[key], (0, cont.shape[1]), value=0)
+            call = with_continuation(self.inputs, cont, torch.ones_like(cont, dtype=torch.bool))
             states.append(self.forward(call, policy, merge))
         a, b = states
         pairs = [(x[:, :length], y[:, :length]) for x, y in zip(a.hidden_states, b.hidden_states, strict=True)]

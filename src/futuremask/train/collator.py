@@ -22,11 +22,10 @@ from typing import Any
 
 import torch
 
-from ..layout import IGNORE_INDEX
+from ..layout import IGNORE_INDEX, PER_TOKEN_KEYS
 
 PADDING_SIDES = ("left", "right")
 _TOKEN_KEYS = ("input_ids", "attention_mask", "labels")
-_PER_TOKEN_EXTRA = ("mm_token_type_ids", "token_type_ids")  # processor outputs with one entry per token
 
 
 class SFTCollator:
@@ -132,7 +131,7 @@ class SFTCollator:
                 f"{answer.numel()}), more than max_length={self.max_length}; shorten its context or raise max_length"
             )
         for key, value in enc.items():
-            if key in _PER_TOKEN_EXTRA:
+            if key in PER_TOKEN_KEYS:
                 row[key] = torch.nn.functional.pad(value[0], (0, answer.numel()), value=0)
             elif key not in _TOKEN_KEYS and isinstance(value, torch.Tensor):
                 row[key] = value
@@ -150,10 +149,10 @@ class SFTCollator:
             "attention_mask": self._pad([torch.ones_like(r["input_ids"]) for r in rows], width, 0),
             "labels": self._pad([r["labels"] for r in rows], width, IGNORE_INDEX),
         }
-        for key in _PER_TOKEN_EXTRA:
+        for key in PER_TOKEN_KEYS:
             if any(key in r for r in rows):
                 batch[key] = self._pad([r.get(key, torch.zeros_like(r["input_ids"])) for r in rows], width, 0)
-        image_keys = sorted({k for r in rows for k in r} - set(batch) - set(_PER_TOKEN_EXTRA))
+        image_keys = sorted({k for r in rows for k in r} - set(batch) - set(PER_TOKEN_KEYS))
         for key in image_keys:
             parts = [r[key] for r in rows if key in r]
             batch[key] = torch.cat(parts, dim=0)
