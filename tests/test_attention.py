@@ -62,15 +62,19 @@ def test_plain_attention_matches_masked_softmax_with_gqa():
         torch.testing.assert_close(got[valid_rows], want[valid_rows])
 
 
-def merged_weights(policy_mask, valid, i, s, kind, k_size, pool, prefix, prompt_len=None):
+def merged_weights(policy_mask, valid, i, s, kind, k_size, pool, prefix, prompt_len=None, sequence=None):
     """One row of DESIGN §4 written out literally (independent of futuremask.merge).
 
-    ``prompt_len``: the future windows stop at the end of the prompt (default: the whole row).
+    ``prompt_len``: the future windows stop there, the end of row ``i``'s segment (default: the whole
+    row). ``sequence``: packed-sequence id per position (default: one sequence); the causal keys and
+    the sinks are those of ``i``'s sequence.
     """
     length = len(s)
-    sinks = [j for j in range(length) if valid[j]][:prefix]
+    seq = [0] * length if sequence is None else sequence
+    mine = [j for j in range(length) if valid[j] and seq[j] == seq[i]]
+    sinks = mine[:prefix]
     future = [j for j in range(i + 1, length) if policy_mask[i][j]]
-    logits = [s[j] if (j <= i and valid[j]) else -math.inf for j in range(length)]
+    logits = [s[j] if (j <= i and j in mine) else -math.inf for j in range(length)]
     if future and kind == "kernel":
         n = (length if prompt_len is None else prompt_len) - 1 - i
         f = [s[i + 1 + t] if (i + 1 + t) in future else 0.0 for t in range(n)]

@@ -1,4 +1,4 @@
-"""Training semantics: with labels, the prompt stops at the first supervised token, the answer never
+"""Training semantics: with labels, every supervised token starts a new segment, the answer never
 leaks into earlier positions, and gradients match an independent dense-mask forward."""
 
 from __future__ import annotations
@@ -41,14 +41,21 @@ def _batch(model, seed: int = 0):
     return {"input_ids": ids, "attention_mask": am, "pixel_values": pixels, "labels": lab}, 42
 
 
-def test_prompt_region_stops_at_first_supervised_label(tiny):
+def test_labels_give_supervised_positions_and_segments(tiny):
     ids = torch.tensor([[0, 0, 7, 8, 9, 10, 11, 12, 13], [5, 6, 7, 8, 9, 10, 11, 12, 13]])
     am = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1], [1] * 9])
-    # row 0: supervised from position 5 on, with an unsupervised gap at 7 (e.g. a second user turn)
+    # row 0: supervised at 5, 6 and 8, with an unsupervised gap at 7 (e.g. a second user turn)
     lab = torch.tensor([[-100, -100, -100, -100, -100, 10, 11, -100, 13], [-100] * 8 + [13]])
     lay = TokenLayout.from_inputs(tiny.config, input_ids=ids, attention_mask=am, labels=lab)
-    expected = torch.tensor([[0, 0, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    expected = torch.tensor([[0, 0, 1, 1, 1, 0, 0, 1, 0], [1, 1, 1, 1, 1, 1, 1, 1, 0]], dtype=torch.bool)
     assert torch.equal(lay.prompt, expected)
+    assert torch.equal(lay.supervised, am.bool() & ~expected)
+    # a new segment at each supervised position: the gap at 7 shares the segment of the answer token 6
+    seg = lay.segment
+    assert [len(set(seg[0, 2:5].tolist())), seg[0, 5] != seg[0, 4], seg[0, 7] == seg[0, 6], seg[0, 8] != seg[0, 7]] \
+        == [1, True, True, True]
+    assert (seg[1, :8] == seg[1, 0]).all() and seg[1, 8] != seg[1, 7]
+    assert lay.segment_end.tolist() == [[5, 5, 5, 5, 5, 6, 8, 8, 9], [8] * 8 + [9]]
     # an explicit prompt_mask wins over the labels
     pm = torch.ones_like(am, dtype=torch.bool)
     lay2 = TokenLayout.from_inputs(tiny.config, input_ids=ids, attention_mask=am, labels=lab, prompt_mask=pm)

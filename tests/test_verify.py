@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
-from futuremask import policies
+from futuremask import layout, policies
 from futuremask.checkpoint import DEFAULT_PROMPT, load_checkpoint, prompt_text
 from futuremask.cli import main
 from futuremask.policies import Policy
@@ -85,6 +86,8 @@ def test_verify_fails_when_text_sees_the_future(ckpt, loaded, monkeypatch, capsy
 
 def test_verify_fails_when_the_continuation_leaks(loaded, monkeypatch):
     monkeypatch.setitem(policies._REGISTRY, "future", Policy("future", _visual_sees_continuation, "broken"))
+    # and a broken segment rule (one segment per row): the central segment check would stop the leak otherwise
+    monkeypatch.setattr(layout, "segments", lambda supervised, sequence: torch.ones_like(sequence))
     model, processor = loaded
     results = verify(model, processor, ["future"], progress=False)
     failed = [(r.check, r.policy) for r in results if not r.passed]

@@ -21,6 +21,7 @@ def attention(
     prompt_mask: torch.Tensor | None = None,
     merge: Merge | str | None = None,
     scale: float | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of one prompt pass under ``policy``, computed in float32 (or float64 for float64 inputs).
 
@@ -31,6 +32,7 @@ def attention(
         attention_mask: 0/1 ``[B, L]``; prompt_mask: bool ``[B, L]`` (default: all valid).
         merge: fold the policy's future into the sink instead of attending it (:class:`Merge`).
         scale: defaults to ``D ** -0.5``.
+        position_ids: long ``[B, L]``, packed sequences (as :func:`futuremask.build_mask`).
 
     Returns:
         ``[B, H, L, D]`` in the dtype of ``q``.
@@ -39,7 +41,9 @@ def attention(
     is_visual = torch.as_tensor(is_visual, device=q.device).bool()
     if is_visual.dim() == 1:
         is_visual = is_visual.expand(q.shape[0], -1)
-    layout = TokenLayout.from_masks(is_visual, attention_mask=attention_mask, prompt_mask=prompt_mask)
+    layout = TokenLayout.from_masks(
+        is_visual, attention_mask=attention_mask, prompt_mask=prompt_mask, position_ids=position_ids
+    )
     allowed = policy_mask(get_policy(policy), layout)
     acc = torch.promote_types(q.dtype, torch.float32)
     qf, kf, vf = q.to(acc), k.to(acc), v.to(acc)
@@ -48,7 +52,7 @@ def attention(
     base = policy_mask("causal", layout)
     future = allowed & ~base
     out = merge_attention(
-        qf, kf, vf, base, future, merge=merge, prefix_positions=layout.sink_positions(merge.prefix), scale=scale,
-        prompt_end=layout.prompt_end,
+        qf, kf, vf, base, future, merge=merge, prefix_positions=layout.sequence_sinks(merge.prefix), scale=scale,
+        prompt_end=layout.segment_end,
     )
     return out.to(q.dtype)

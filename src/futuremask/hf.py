@@ -47,8 +47,8 @@ class PromptSplitError(RuntimeError):
 class _Prefill:
     """What the mask builder prepared for the attention functions of one prompt pass."""
 
-    sinks: torch.Tensor  # long [B, p]
-    prompt_end: torch.Tensor  # long [B]
+    sinks: torch.Tensor  # long [B, L, p]: each query's sink positions (first valid tokens of its sequence)
+    segment_end: torch.Tensor  # long [B, L]: one past the end of each query's segment
     futures: dict[int, FutureRows] = field(default_factory=dict)  # id(base mask) -> its future keys
 
 
@@ -103,10 +103,12 @@ def _make_mask_builder(backend: str):
                 f"futuremask saw a prompt pass of shape [{batch_size}, {q_length}] that does not match the "
                 "input_ids of the model call; call the model with input_ids of the whole prompt"
             )
+        # future keys only (kv > q, overlay_mod): on a sliding-window or chunked layer (Gemma3, Qwen2 with
+        # use_sliding_window) the past stays limited to the window, as the model was trained, and the
+        # model's own mask keeps packed sequences apart for j <= i
         overlay = overlay_mod(call.handle.policy, layout)
         if overlay is None:  # `causal` with a merge: there is no future to fold, the stock mask is exact
             return base_builder(**args, **kwargs)
-        overlay = _future_only(overlay)
         if backend == "flex":
             length = layout.length
             kwargs["mask_function"] = _or_guarded(kwargs["mask_function"], overlay, length)
@@ -115,9 +117,7 @@ def _make_mask_builder(backend: str):
         if merge is not None:  # the merge kernel evaluates the future rows a chunk at a time (FutureRows)
             base = base_builder(**args, **kwargs)  # None when exactly causal: SDPA's is_causal path
             if call.prefill is None:
-                call.prefill = _Prefill(
-                    sinks=layout.sink_positions(merge.prefix).to(layout.valid.device), prompt_end=layout.prompt_end
-                )
+                call.prefill = _Prefill(sinks=layout.sequence_sinks(merge.prefix), segment_end=layout.segment_end)
             call.prefill.futures[id(base)] = FutureRows(overlay, base, q_length, batch_size)
             return base
         kwargs["allow_is_causal_skip"] = False
@@ -128,16 +128,6 @@ def _make_mask_builder(backend: str):
         return base | extra[:, None]
 
     return build
-
-
-def _future_only(overlay):
-    """The overlay's keys after the query (``kv > q``) only.
-
-    On a full causal layer its past keys are allowed anyway; on a sliding-window or chunked layer
-    (Gemma3, Qwen2 with ``use_sliding_window``) the past stays limited to the window, as the model
-    was trained and as Gemma3 limits its own image blocks, so a policy adds future keys and nothing else.
-    """
-    return lambda b, h, q, kv: overlay(b, h, q, kv) & (kv > q)
 
 
 def _or_guarded(mask_function, overlay, length: int):
@@ -182,7 +172,7 @@ def _merge_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     base = None if attention_mask is None else attention_mask[..., :length]
     out = merge_attention(
         query, key[:, :, :length], value[:, :, :length], base, future,
-        merge=call.handle.merge, prefix_positions=prefill.sinks, scale=scaling, prompt_end=prefill.prompt_end,
+        merge=call.handle.merge, prefix_positions=prefill.sinks, scale=scaling, prompt_end=prefill.segment_end,
     )
     return out.transpose(1, 2).contiguous(), None
 
@@ -210,6 +200,7 @@ def _layout_inputs(args: tuple, kwargs: dict) -> dict[str, Any]:
         "mm_token_type_ids": kwargs.get("mm_token_type_ids"),
         "labels": kwargs.get("labels"),
         "prompt_mask": kwargs.get("prompt_mask"),
+        "position_ids": kwargs.get("position_ids") if mask is None else None,
     }
 
 

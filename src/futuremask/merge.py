@@ -15,10 +15,12 @@ With ``prefix=p > 1`` the windows (``kernel``) or the future keys (``lse``) are 
 contiguous groups in order (the first groups one longer when they do not divide evenly), and group
 ``g`` goes to the ``g``-th valid position; groups whose prefix position lies after ``i`` are dropped.
 
-The future of a row ends with the prompt: ``n_i = P - 1 - i`` where ``P`` is one past the row's last
-prompt position (``P = L`` in a plain prefill). A continuation being scored, answer tokens in
-training and right padding are not prompt, so they add no windows: one forward pass over
-prompt + continuation merges exactly as the prefill of the prompt alone does.
+The future of a row ends with its segment (DESIGN §2): ``n_i = P_i - 1 - i`` where ``P_i`` is one past
+the last valid position of row ``i``'s segment (``L`` in a plain prefill). A supervised token (a
+continuation being scored, an answer token in training) and the start of a packed sequence begin a
+new segment, and right padding is not valid, so they add no windows: one forward pass over prompt +
+continuation merges exactly as the prefill of the prompt alone does, and each packed sample merges
+as it does alone, onto its own sink (the first valid token of its sequence).
 """
 
 from __future__ import annotations
@@ -98,9 +100,9 @@ def merged_logits(
         base: bool ``[R, L]``, the row's causal (attended) keys.
         future: bool ``[R, L]``, the row's extra future keys ``F_i`` (all ``j > i``).
         rows: long ``[R]``, the absolute query positions ``i``.
-        prefix_positions: long ``[p]``, the sink positions (first ``p`` valid tokens).
+        prefix_positions: long ``[p]``, the rows' sink positions (first ``p`` valid tokens of their sequence).
         merge: the merge settings.
-        prompt_end: one past the last prompt position (default ``L``); the future windows stop there.
+        prompt_end: one past the end of the rows' segment (default ``L``); the future windows stop there.
 
     Returns:
         float ``[H, R, L]``: ``-inf`` off ``base``, the merged value on the prefix positions.

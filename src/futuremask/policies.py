@@ -5,7 +5,11 @@ overlay is written in the FlexAttention ``mask_mod`` style, ``overlay(layout, b,
 with index tensors that broadcast, so the same function fills a dense boolean mask
 (:func:`dense_mask`) and a FlexAttention ``BlockMask``. The full rule is
 
-    allowed(i, j) = valid[j] and (j <= i or overlay(i, j))
+    allowed(i, j) = valid[j] and ((j <= i and sequence[i] == sequence[j])
+                                  or (j > i and segment[i] == segment[j] and overlay(i, j)))
+
+The segment condition (DESIGN §2) is applied once, by :func:`overlay_mod`, to every policy: an
+overlay only says which pairs of one segment it lets through.
 
 Pictures (``V`` visual, ``T`` text, ``■`` allowed) for the layout ``T V V T``::
 
@@ -143,23 +147,29 @@ def or_masks(*mods: MaskMod) -> MaskMod:
     return mod
 
 
-def causal_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-    """``j <= i``."""
-    return kv <= q
-
-
 def overlay_mod(policy: str | Policy, layout: TokenLayout) -> MaskMod | None:
-    """The policy's overlay bound to ``layout`` as a ``mask_mod`` (None for ``causal``)."""
+    """The policy's extra future pairs bound to ``layout`` as a ``mask_mod`` (None for ``causal``).
+
+    ``overlay(i, j) and j > i and segment[i] == segment[j]``: a key is future only within the query's
+    segment (no supervised token and no packed-sequence start in ``i+1 .. j``).
+    """
     overlay = get_policy(policy).overlay
     if overlay is None:
         return None
-    return lambda b, h, q, kv: overlay(layout, b, q, kv)
+    segment = layout.segment
+    return lambda b, h, q, kv: overlay(layout, b, q, kv) & (kv > q) & (segment[b, q] == segment[b, kv])
+
+
+def causal_layout_mod(layout: TokenLayout) -> MaskMod:
+    """``j <= i`` within one packed sequence: the model's own causal mask of ``layout`` (before padding)."""
+    sequence = layout.sequence
+    return lambda b, h, q, kv: (kv <= q) & (sequence[b, q] == sequence[b, kv])
 
 
 def allowed_mod(policy: str | Policy, layout: TokenLayout) -> MaskMod:
-    """``mask_mod`` of the full rule ``valid[j] and (j <= i or overlay(i, j))``."""
+    """``mask_mod`` of the full rule ``valid[j] and (causal(i, j) or future overlay(i, j))``."""
     valid = layout.valid
-    base: MaskMod = causal_mod
+    base: MaskMod = causal_layout_mod(layout)
     extra = overlay_mod(policy, layout)
     if extra is not None:
         base = or_masks(base, extra)
@@ -201,6 +211,7 @@ def build_mask(
     attention_mask: torch.Tensor | None = None,
     prompt_mask: torch.Tensor | None = None,
     modality: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention mask of a policy: bool ``[B, L, L]``, True = query ``i`` may attend key ``j``.
 
@@ -208,8 +219,11 @@ def build_mask(
         policy: a name from :data:`POLICIES` (or an alias such as ``original``).
         is_visual: bool ``[L]`` or ``[B, L]``.
         attention_mask: 0/1 ``[B, L]``, 0 on padding.
-        prompt_mask: bool ``[B, L]``, positions visual queries may see as future (default: all valid).
+        prompt_mask: bool ``[B, L]``, True on the prompt (default: all valid); the valid positions
+            outside it are supervised and start a new segment each (DESIGN §2).
         modality: int ``[B, L]``, 0 text / 1 image / 2 video (default: 1 where visual).
+        position_ids: long ``[B, L]``, packed sequences restarting their positions (default: one
+            sequence per row); no key of another sequence is ever allowed.
 
     Example:
         >>> build_mask("future_v2v", torch.tensor([0, 1, 1, 0], dtype=torch.bool))[0].int()
@@ -219,6 +233,7 @@ def build_mask(
                 [1, 1, 1, 1]], dtype=torch.int32)
     """
     layout = TokenLayout.from_masks(
-        is_visual, attention_mask=attention_mask, prompt_mask=prompt_mask, modality=modality
+        is_visual, attention_mask=attention_mask, prompt_mask=prompt_mask, modality=modality,
+        position_ids=position_ids,
     )
     return policy_mask(policy, layout)

@@ -42,9 +42,11 @@ def merge_attention(
         future: bool ``[B, L, L]`` or ``[B, 1, L, L]``, the extra future keys ``F_i`` (``j > i``), or a
             :class:`~futuremask.kernels.rows.FutureRows` that yields them a chunk of rows at a time.
         merge: the merge settings.
-        prefix_positions: long ``[B, p]``, the sink positions of each row of the batch.
+        prefix_positions: long ``[B, L, p]``, the sink positions of each query (the first valid
+            tokens of its packed sequence), or ``[B, p]`` when they are the same for a whole row.
         scale: defaults to ``D ** -0.5``.
-        prompt_end: long ``[B]``, one past each row's last prompt position (default ``L``).
+        prompt_end: long ``[B, L]``, one past the end of each query's segment, where its future
+            windows stop (``[B]``: the same for a whole row; default ``L``).
         chunk_bytes: bound on the float32 scores held at once per chunk of rows (default
             :data:`DEFAULT_CHUNK_BYTES`, read at call time).
     """
@@ -63,22 +65,44 @@ def merge_attention(
         rows = future.rows_with_future(b, q.device)
         acc = torch.promote_types(q.dtype, torch.float32)  # scores in float32 at least
         kf, vf = k[b].to(acc), v[b].to(acc)
-        for start in range(0, rows.numel(), rows_per_chunk):
-            r = rows[start : start + rows_per_chunk]
-            base_r, fut_r = future.base_rows(b, r), future.rows(b, r)
-            scores = torch.matmul(q[b, :, r].to(acc), kf.transpose(-1, -2)) * scale
-            end = None if prompt_end is None else int(prompt_end[b])
-            if not out.requires_grad:  # inference: correct the causal rows at the sinks (merge_fast.py)
-                merged, exact = corrected_rows(out[b, :, r], scores, base_r, fut_r, r, prefix_positions[b],
-                                               merge, vf, length if end is None else end)
-                out[b, :, r] = merged.to(out.dtype)
-                r, scores, base_r, fut_r = r[exact], scores[:, exact], base_r[exact], fut_r[exact]
-                if r.numel() == 0:
-                    continue
-            logits = merged_logits(scores, base_r, fut_r, r, prefix_positions[b], merge, end)
-            weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-            out[b, :, r] = torch.matmul(weights, vf).to(out.dtype)
+        end_b = None if prompt_end is None else prompt_end[b]
+        for group, sinks, end in _row_groups(rows, prefix_positions[b], end_b, length):
+            for start in range(0, group.numel(), rows_per_chunk):
+                r = group[start : start + rows_per_chunk]
+                base_r, fut_r = future.base_rows(b, r), future.rows(b, r)
+                scores = torch.matmul(q[b, :, r].to(acc), kf.transpose(-1, -2)) * scale
+                if not out.requires_grad:  # inference: correct the causal rows at the sinks (merge_fast.py)
+                    merged, exact = corrected_rows(out[b, :, r], scores, base_r, fut_r, r, sinks, merge, vf, end)
+                    out[b, :, r] = merged.to(out.dtype)
+                    r, scores, base_r, fut_r = r[exact], scores[:, exact], base_r[exact], fut_r[exact]
+                    if r.numel() == 0:
+                        continue
+                logits = merged_logits(scores, base_r, fut_r, r, sinks, merge, end)
+                weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+                out[b, :, r] = torch.matmul(weights, vf).to(out.dtype)
     return out
+
+
+def _row_groups(
+    rows: torch.Tensor, sinks: torch.Tensor, end: torch.Tensor | None, length: int
+) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Split query ``rows`` (long ``[R]``) into groups sharing their sink positions and segment end.
+
+    Args:
+        sinks: long ``[p]`` or ``[L, p]`` (per query); end: long ``[]`` or ``[L]`` (per query), or None (``L``).
+
+    Returns:
+        ``(rows of the group, sinks [p], segment end)`` for each group (one per segment with merged rows).
+    """
+    if sinks.dim() == 1 and (end is None or end.dim() == 0):
+        return [(rows, sinks, length if end is None else int(end))]
+    n = rows.numel()
+    per_row_sinks = sinks.to(rows.device)[rows] if sinks.dim() == 2 else sinks.to(rows.device).expand(n, -1)
+    per_row_end = torch.full((n,), length, dtype=torch.long, device=rows.device) if end is None else (
+        end.to(rows.device)[rows] if end.dim() == 1 else end.to(rows.device).expand(n))
+    key = torch.cat([per_row_sinks, per_row_end[:, None]], dim=1)
+    unique, inverse = torch.unique(key, dim=0, return_inverse=True)
+    return [(rows[inverse == g], unique[g, :-1], int(unique[g, -1])) for g in range(unique.shape[0])]
 
 
 class _DenseRows(FutureRows):
