@@ -64,7 +64,7 @@ def run_score(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     """Print the Markdown report and write it (and the chart) to disk."""
     from .report import build_report
-    from .summary import write_text_atomic
+    from ..io import write_text_atomic
 
     text = build_report(args.outputs_dir, paper=args.paper)
     print(text)

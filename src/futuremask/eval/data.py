@@ -3,11 +3,18 @@
 A task lives in ``<data_dir>/<Task>/<Task>.json`` (or ``<Task>-adv.json``) with its images under
 ``<data_dir>/<Task>/images/``. Loading validates everything a run needs *before* anything is generated
 or written, and every problem is a :class:`DataError` that names the file and the sample.
-Images are not opened here; a :class:`Sample` only holds their paths.
+Images are checked with a cheap header read (the format must be one PIL decodes); a :class:`Sample`
+only holds their paths.
+
+Every sample has a *fingerprint*, :func:`sample_fingerprint`: a hash of everything a prediction
+depends on (its instruction, context, image names and choices; not its gold answer, which scoring
+always reads from the data). Run folders record the fingerprints of their predictions, so a
+prediction made on other data is never mixed into a result.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -50,6 +57,34 @@ class Task:
     instructions: list[str]
     samples: list[Sample]
     total: int  # number of samples in the file, before --limit
+    fingerprints: dict[int, str] = field(default_factory=dict, repr=False)  # int sample_id -> fingerprint, whole file
+
+
+def sample_fingerprint(meta_data: dict, raw: dict) -> str:
+    """16 hex digits identifying what a prediction of the raw sample ``raw`` depends on.
+
+    Hashes the sample's instruction text, ``task_instance`` (context, image names, choices, ...) and
+    the task's question type; the gold ``response`` is left out on purpose: fixing a gold answer
+    keeps the predictions valid, since scoring reads the answer from the data.
+    """
+    instructions = meta_data.get("task_instruction") or []
+    instructions = [instructions] if isinstance(instructions, str) else list(instructions)
+    tid = raw.get("task_instruction_id", 0)
+    instruction = instructions[tid] if isinstance(tid, int) and 0 <= tid < len(instructions) else None
+    key = [meta_data.get("question_type"), instruction, raw.get("task_instance")]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def file_fingerprints(annotation: dict) -> dict[int, str]:
+    """``{int sample_id: fingerprint}`` of every sample of a parsed task file (ids that are not int skipped)."""
+    meta = annotation.get("meta_data") or {}
+    out: dict[int, str] = {}
+    for raw in annotation.get("data") or []:
+        try:
+            out[int(raw["sample_id"])] = sample_fingerprint(meta, raw)
+        except (TypeError, ValueError, KeyError):
+            continue
+    return out
 
 
 def task_file(data_dir: str | os.PathLike, task: str, adv: bool = False) -> Path:
@@ -106,6 +141,18 @@ def _read_json(path: Path) -> dict:
     return payload
 
 
+def _unreadable_image(path: str) -> str | None:
+    """Why PIL cannot decode the image file at ``path`` (a cheap header check), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 - the header has been parsed once the size is known
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def _norm(text: str) -> str:
     return " ".join(str(text).split()).lower()
 
@@ -138,9 +185,15 @@ def _sample(path: Path, task: str, index: int, raw: Any, instructions: list[str]
     for name, p in zip(images, full, strict=True):
         if not os.path.isfile(p):
             raise _fail(path, where, f"image {name!r} not found at {p}")
+        problem = _unreadable_image(p)
+        if problem:
+            raise _fail(path, where, f"image {name!r} at {p} cannot be decoded ({problem}); replace the file")
     if "response" not in raw:
         raise _fail(path, where, "missing 'response' (the gold answer)")
-    response = str(raw["response"])
+    response = raw["response"]
+    if isinstance(response, (list, dict)) or response is None or not str(response).strip():
+        raise _fail(path, where, f"the gold answer 'response' is {response!r}; it must be a non-empty string")
+    response = str(response)
     choices = inst.get("choice_list")
     if choices is not None:
         if not isinstance(choices, list) or not choices:
@@ -176,6 +229,9 @@ def load_task(data_dir: str | os.PathLike, task: str, limit: int | None = None, 
     if question_type not in QUESTION_TYPES:
         raise DataError(f"{path}: meta_data.question_type is {question_type!r}; expected one of {QUESTION_TYPES}")
     records = payload["data"]
+    if not records:
+        raise DataError(f"{path}: the task has no samples (its 'data' list is empty); add samples or leave "
+                        "the task out with --tasks")
     if limit is not None:
         if limit < 1:
             raise DataError(f"--limit must be at least 1, got {limit}")
@@ -189,7 +245,7 @@ def load_task(data_dir: str | os.PathLike, task: str, limit: int | None = None, 
         seen.add(key)
         samples.append(sample)
     return Task(name=task, path=path, question_type=question_type, instructions=instructions,
-                samples=samples, total=len(payload["data"]))
+                samples=samples, total=len(payload["data"]), fingerprints=file_fingerprints(payload))
 
 
 def load_tasks(
@@ -201,5 +257,6 @@ def load_tasks(
 
 __all__ = [
     "DataError", "Sample", "Task",
-    "available_tasks", "load_task", "load_tasks", "resolve_tasks", "task_file",
+    "available_tasks", "file_fingerprints", "load_task", "load_tasks", "resolve_tasks", "sample_fingerprint",
+    "task_file",
 ]

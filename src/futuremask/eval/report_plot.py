@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .paper import PAPER_COLUMNS, PAPER_MODEL, PAPER_SCORES
 from .report import RunResult, category_means, column_labels, load_runs, ordered_tasks
-from .summary import write_bytes_atomic
+from ..io import write_bytes_atomic
 
 
 def _panel(

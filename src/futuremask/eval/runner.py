@@ -11,16 +11,24 @@ running the same command again: finished samples are read back from ``pred.json`
 batches and are never generated again. Under ``accelerate launch`` (or any launcher that sets
 ``RANK``/``WORLD_SIZE``) rank ``r`` takes samples ``r, r + W, ...`` of each task, writes
 ``pred.rank<r>.json`` when its shard is done, and rank 0 merges the shards into ``pred.json``.
+
+``run.json`` is the folder's one truth: the settings and, per task, the fingerprint of every sample
+predicted there (:func:`futuremask.eval.data.sample_fingerprint`) and the task file's sha256. A run
+resumes only when the settings are the same and every finished prediction's sample still has the
+same fingerprint; otherwise it stops before any work and asks for ``--overwrite``, which replaces
+the run folder as a whole. A run folder holding no prediction (a run that failed before its first
+batch) is simply reused. One process at a time writes a run folder (:class:`~futuremask.io.FolderLock`).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import re
 import shutil
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .data import Sample, Task
+from ..io import FolderLock, read_json, write_json_atomic
+from .data import DataError, Sample, Task
 from .prompts import Prompt, build_prompt, count_image_tokens
 
 DEFAULT_CONTEXT_LEN = 4096  # the paper's budget for LLaVA-1.5 (capped by the model's positions)
@@ -51,20 +60,8 @@ def run_name(model: str, policy: str, merge: str | None = None) -> str:
     return f"{name}__merge-{merge}" if merge else name
 
 
-def write_json_atomic(path: Path, payload: Any, indent: int | None = 4) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, ensure_ascii=False, indent=indent)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _read_records(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path, list, "prediction file")
 
 
 def _partial_dir(task_dir: Path, rank: int | None) -> Path:
@@ -91,15 +88,6 @@ def _ordered(task: Task, done: dict[int, dict]) -> list[dict]:
     return [done[k] for k in selected if k in done] + [done[k] for k in rest]
 
 
-def _clear(task_dir: Path, rank: int | None, world: int) -> None:
-    """Remove this process's previous outputs of a task (``--overwrite``)."""
-    shutil.rmtree(_partial_dir(task_dir, rank if world > 1 else None), ignore_errors=True)
-    if world > 1:
-        (task_dir / f"pred.rank{rank}.json").unlink(missing_ok=True)
-    if not rank:
-        (task_dir / "pred.json").unlink(missing_ok=True)
-
-
 # --- generation ---------------------------------------------------------------------------------------
 
 
@@ -108,8 +96,12 @@ def _load_images(paths: Sequence[str]):
 
     images = []
     for p in paths:
-        with Image.open(p) as im:
-            images.append(im.convert("RGB"))
+        try:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
+            raise DataError(f"image {p} cannot be decoded ({type(err).__name__}: {err}); replace the file "
+                            "and run the same command again (finished batches are kept)") from err
     return images
 
 
@@ -168,6 +160,16 @@ class RunConfig:
     world_size: int = 1
     merge_timeout_s: float = 24 * 3600.0
 
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        for name in ("max_context_len", "tokens_per_image"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < (1 if name == "max_context_len" else 0)):
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+
     @property
     def gen_kwargs(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "min_new_tokens": 1, "do_sample": False, "num_beams": 1}
@@ -194,26 +196,74 @@ def _context_len(model, config: RunConfig) -> int:
     return min(DEFAULT_CONTEXT_LEN, int(getattr(text, "max_position_embeddings", DEFAULT_CONTEXT_LEN)))
 
 
-def _prepare_run_dir(run_dir: Path, config: RunConfig, tasks: Sequence[Task]) -> None:
-    """Write (or check) ``run.json``: a run folder never mixes predictions made with different settings."""
+def _has_predictions(run_dir: Path) -> bool:
+    """Whether any task folder of ``run_dir`` holds a finished prediction (final, shard or partial batch)."""
+    return any(run_dir.glob("*/pred.json")) or any(run_dir.glob("*/pred.rank*.json")) or \
+        any(run_dir.glob("*/pred*.partial/part-*.json"))
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_run_dir(run_dir: Path, config: RunConfig, tasks: Sequence[Task]) -> None:
+    """Refuse to resume into ``run_dir`` when its predictions were made with other settings or data.
+
+    ``max_context_len=None`` (not resolved yet: the model is not loaded) is not compared. Nothing is
+    checked with ``overwrite`` or when the folder holds no prediction.
+
+    Raises:
+        ValueError: naming the differing settings or the samples whose data changed, and the fix.
+    """
+    if config.overwrite or not _has_predictions(run_dir):
+        return
+    fix = "pass --overwrite to replace the run, or another --output-dir"
     path = run_dir / "run.json"
+    if not path.is_file():
+        if any(run_dir.glob("*/pred.json")):
+            raise ValueError(f"{run_dir} holds predictions but no run.json, so their settings are unknown; {fix}")
+        return  # only shards of a sharded run whose rank 0 has not started yet
+    old = read_json(path, dict, "run settings file (run.json)")
     settings = config.settings()
-    names = [t.name for t in tasks]
-    if path.is_file() and not config.overwrite:
-        old = json.loads(path.read_text())
-        changed = [k for k in SETTINGS_KEYS if old.get(k) != settings[k]]
-        if changed:
+    keys = [k for k in SETTINGS_KEYS if k != "max_context_len" or config.max_context_len is not None]
+    changed = [k for k in keys if old.get(k) != settings[k]]
+    if changed:
+        found = ", ".join(f"{k}={old.get(k)!r}" for k in changed)
+        raise ValueError(f"{run_dir} holds predictions made with other settings ({found}); {fix}")
+    for task in tasks:
+        task_dir = run_dir / task.name
+        done = _finished(task_dir) if task_dir.is_dir() else {}
+        recorded = (old.get("data") or {}).get(task.name, {}).get("samples")
+        if done and not isinstance(recorded, dict):
+            raise ValueError(f"{run_dir}/run.json records no data fingerprint for {task.name} (an older run); {fix}")
+        stale = [k for k in done if recorded.get(str(k)) is None or recorded.get(str(k)) != task.fingerprints.get(k)]
+        if stale:
             raise ValueError(
-                f"{run_dir} holds predictions made with other settings ({', '.join(f'{k}={old.get(k)!r}' for k in changed)}); "
-                "pass --overwrite to replace them, or another --output-dir"
+                f"{run_dir}: {len(stale)} prediction(s) of {task.name} (sample_id {sorted(stale)[:5]}) were made on "
+                f"other data: {task.path} changed since, or lost these samples; {fix}"
             )
-        names = sorted(set(old.get("tasks", [])) | set(names))
-    elif path.is_file():
-        old = json.loads(path.read_text())
-        if all(old.get(k) == settings[k] for k in SETTINGS_KEYS):
-            names = sorted(set(old.get("tasks", [])) | set(names))
-    if config.rank == 0:
-        write_json_atomic(path, {**settings, "tasks": sorted(names)})
+
+
+def _prepare_run_dir(run_dir: Path, config: RunConfig, tasks: Sequence[Task]) -> None:
+    """Check ``run_dir`` (see :func:`check_run_dir`), replace it with ``overwrite``, write ``run.json`` (rank 0).
+
+    ``run.json`` keeps the tasks and sample fingerprints of predictions made before (they were just
+    checked), adds those of this run's selection, and records each task file's sha256.
+    """
+    check_run_dir(run_dir, config, tasks)
+    if config.rank != 0:
+        return
+    path = run_dir / "run.json"
+    if config.overwrite:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    old = read_json(path, dict, "run settings file (run.json)") if path.is_file() and _has_predictions(run_dir) else {}
+    data = dict(old.get("data") or {})
+    for task in tasks:
+        samples = dict((data.get(task.name) or {}).get("samples") or {})
+        samples.update({str(int(s.sample_id)): task.fingerprints[int(s.sample_id)] for s in task.samples})
+        data[task.name] = {"file": task.path.name, "sha256": _file_sha256(task.path), "samples": samples}
+    names = sorted(set(old.get("tasks", [])) | {t.name for t in tasks})
+    write_json_atomic(path, {**config.settings(), "tasks": names, "data": data})
 
 
 def _my_samples(task: Task, config: RunConfig) -> list[Sample]:
@@ -244,9 +294,7 @@ def run_task(model, processor, task: Task, run_dir: Path, config: RunConfig, bar
     rank, world = config.rank, config.world_size
     todo = remaining(task, run_dir, config)
     task_dir.mkdir(parents=True, exist_ok=True)
-    if config.overwrite:
-        _clear(task_dir, rank, world)
-    elif not todo and (task_dir / "pred.json").is_file():
+    if not todo and (task_dir / "pred.json").is_file():
         return task_dir / "pred.json" if rank == 0 else None
     if todo:
         _generate(model, processor, task, todo, task_dir, config, bar)
@@ -334,6 +382,45 @@ def _record(prompt: Prompt, answer: str, config: RunConfig) -> dict:
     }
 
 
+def run_dirs(output_dir: str | os.PathLike, config: RunConfig, policies: Sequence[str]) -> list[Path]:
+    """The run folder of each policy: ``<output_dir>/<run_name>``."""
+    return [Path(output_dir) / run_name(config.model, policy, config.merge) for policy in policies]
+
+
+class RunClaim:
+    """The run folders of one ``evaluate`` call, checked and locked (a context manager).
+
+    Entering locks every run folder (per rank when sharded) and runs :func:`check_run_dir` on each, so
+    a second process writing the same folders, or a resume with other settings or data, fails before
+    the model is loaded. ``evaluate`` claims the folders itself when it is not given a claim.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, config: RunConfig, policies: Sequence[str],
+                 tasks: Sequence[Task]) -> None:
+        if config.overwrite and config.world_size > 1:
+            raise ValueError(
+                "--overwrite cannot replace run folders from several processes at once; delete the run "
+                f"folders under {output_dir} first (or use another --output-dir) and launch without --overwrite"
+            )
+        self.config, self.policies, self.tasks = config, list(policies), list(tasks)
+        self.dirs = run_dirs(output_dir, config, policies)
+        self._stack = ExitStack()
+
+    def __enter__(self) -> RunClaim:
+        tag = f".rank{self.config.rank}" if self.config.rank else ""
+        try:
+            for run_dir, policy in zip(self.dirs, self.policies, strict=True):
+                self._stack.enter_context(FolderLock(run_dir, what="run folder", tag=tag))
+                check_run_dir(run_dir, replace(self.config, policy=policy), self.tasks)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+
 def evaluate(
     model,
     processor,
@@ -341,19 +428,23 @@ def evaluate(
     policies: Sequence[str],
     output_dir: str | os.PathLike,
     config: RunConfig,
+    claim: RunClaim | None = None,
 ) -> list[Path]:
     """Run every policy over every task, reusing the loaded model; return the run folders.
 
     Each policy is applied with :func:`futuremask.apply` for its run and removed afterwards. ``config``
-    gives everything but the policy (its ``policy`` field is replaced per run).
+    gives everything but the policy (its ``policy`` field is replaced per run). ``claim``: the
+    :class:`RunClaim` of these folders, already entered (made here when None).
     """
     import futuremask as fm
 
+    if claim is None:
+        with RunClaim(output_dir, config, policies, tasks) as own:
+            return evaluate(model, processor, tasks, policies, output_dir, config, own)
     runs = []
-    for policy in policies:
-        cfg = replace(config, policy=policy, max_context_len=_context_len(model, config))
-        run_dir = Path(output_dir) / run_name(cfg.model, policy, cfg.merge)
-        run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = replace(config, max_context_len=_context_len(model, config))
+    for policy, run_dir in zip(policies, claim.dirs, strict=True):
+        cfg = replace(resolved, policy=policy)
         _prepare_run_dir(run_dir, cfg, tasks)
         total = sum(len(remaining(task, run_dir, cfg)) for task in tasks)
         label = policy + (f"+merge-{cfg.merge}" if cfg.merge else "")
@@ -368,5 +459,5 @@ def evaluate(
     return runs
 
 
-__all__ = ["RunConfig", "evaluate", "generate_batch", "model_slug", "remaining", "run_name", "run_task",
-           "shard_from_env", "write_json_atomic"]
+__all__ = ["RunClaim", "RunConfig", "check_run_dir", "evaluate", "generate_batch", "model_slug", "remaining",
+           "run_dirs", "run_name", "run_task", "shard_from_env"]

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from .metrics import LEVELS, quantity_level, score_answer, scoring_rule
 from .normalize import normalize_answer
 from .options import extract_option
-from .summary import write_summary, write_text_atomic
+from ..io import write_text_atomic
+from .summary import write_summary
 from .tasks import TASK_GROUPS, expand_task_names
 
 

@@ -1,4 +1,4 @@
-"""Run summaries (``result.json`` / ``result.csv``), the MileBench task taxonomy and atomic writes.
+"""Run summaries (``result.json`` / ``result.csv``) and the MileBench task taxonomy.
 
 ``result.json`` keeps the layout of the official ``score.py``: ``{run: {category: {task: eval.json}}}``
 with every MileBench task listed under its category (``{}`` when the task has no ``eval.json``). Tasks
@@ -13,42 +13,14 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..io import write_text_atomic
 from .tasks import CATEGORIES, MILEBENCH_TASKS, OTHER, category_of
 
 NON_SCORE_KEYS = ("image_quantity_level-Accuracy", "image_quantity_level-Result", "Diff-Accuracy")
 """``eval.json`` keys that ``result.csv`` leaves out (as the official ``score.py`` does)."""
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Binary twin of :func:`write_text_atomic`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def headline_metric(eval_result: dict[str, Any]) -> tuple[str, float] | None:
@@ -115,7 +87,5 @@ __all__ = [
     "headline_metric",
     "summarize_run",
     "summary_csv",
-    "write_bytes_atomic",
     "write_summary",
-    "write_text_atomic",
 ]

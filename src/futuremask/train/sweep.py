@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..eval.data import Task, load_tasks
-from ..eval.runner import RunConfig, evaluate, write_json_atomic
+from ..eval.runner import RunConfig, evaluate
+from ..io import write_json_atomic
 from ..eval.scoring import score_run, score_task
 from .trainer import TrainConfig, save_checkpoint, train
 
