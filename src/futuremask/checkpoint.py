@@ -7,12 +7,55 @@ chat template gets a plain prompt: the processor's image token followed by the q
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
 
 DEFAULT_PROMPT = "what color is the circle in the image ?"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_model_source(name: str, flag: str = "--model") -> None:
+    """Fail early, before anything is loaded, when ``name`` is neither a checkpoint folder nor a hub id.
+
+    Raises:
+        ValueError: a path that does not exist, a file, or a folder without ``config.json``.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{flag} {name}: is a file; pass the checkpoint folder (saved with save_pretrained)")
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{flag} {name}: the folder has no config.json; pass a checkpoint folder saved with "
+                             "save_pretrained, or a hub id")
+        return
+    if _HUB_ID.fullmatch(name) and not name.startswith((".", "~")):
+        return  # a hub id: its download (or the local cache) is checked when it loads
+    raise ValueError(f"{flag} {name}: no such folder; pass a checkpoint folder or a Hugging Face hub id (org/name)")
+
+
+def check_device(name: str | None, flag: str = "--device") -> None:
+    """Fail early when the torch device ``name`` (``None``/``"auto"``: pick one) is not available here."""
+    if name in (None, "auto"):
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"{flag} {name}: not a torch device ({err}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {name}: CUDA is not available on this machine (torch {torch.__version__}, "
+                             f"{torch.cuda.device_count()} GPU(s) visible); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {name}: only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                             f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{flag} {name}: MPS is not available on this machine; use --device cpu")
 
 
 def load_processor(path: str) -> Any:
@@ -41,6 +84,8 @@ def load_checkpoint(path: str, *, dtype: str = "float32", device: str | None = N
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {tuple(DTYPES)}")
+    check_model_source(path)
+    check_device(device)
     processor = load_processor(path)
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype])
@@ -131,4 +176,4 @@ def sample_inputs(
     return batch.to(device) if device is not None else batch
 
 
-__all__ = ["DEFAULT_PROMPT", "load_checkpoint", "load_processor", "open_image", "prompt_text", "sample_image", "sample_inputs"]
+__all__ = ["DEFAULT_PROMPT", "check_device", "check_model_source", "load_checkpoint", "load_processor", "open_image", "prompt_text", "sample_image", "sample_inputs"]

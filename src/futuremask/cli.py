@@ -21,6 +21,12 @@ COMMAND_MODULES = [
 ]
 
 
+RESUME_HINTS = {
+    "eval": "finished batches are saved: run the same command again to resume",
+}
+"""What an interrupted sub-command tells the user (others: its files are written atomically or not at all)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -43,9 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"futuremask {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as err:  # OSError: FileNotFoundError, PermissionError, ...
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"futuremask {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = RESUME_HINTS.get(args.command, "nothing was left half-written")
+        print(f"futuremask {args.command}: interrupted (exit 130); {hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

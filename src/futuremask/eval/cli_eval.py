@@ -79,9 +79,13 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto"):
         torch_dtype = "auto" if device.startswith("cuda") else torch.float32
     else:
         torch_dtype = getattr(torch, dtype)
-    processor = AutoProcessor.from_pretrained(model_id)
-    model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch_dtype).to(device).eval()
-    return model, processor
+    try:
+        processor = AutoProcessor.from_pretrained(model_id)
+        model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch_dtype)
+    except OSError as err:  # no such hub id, offline without a cached copy, missing weight files
+        raise ValueError(f"--model {model_id}: cannot load it ({str(err).splitlines()[0]}); pass a checkpoint "
+                         "folder, or a hub id that is downloadable or cached") from err
+    return model.to(device).eval(), processor
 
 
 def _wait_for_demo_data(data_dir: Path, samples: int, timeout_s: float = 600.0) -> None:
@@ -115,14 +119,32 @@ def _score_and_report(
 
     for run_dir in runs:
         score_run(data_dir, run_dir, [t.name for t in tasks], adv=adv, progress=False)
-    print(build_report(output_dir))
+    print(build_report(output_dir, runs=runs))
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Everything about the command line that can be wrong, before data or model are touched."""
+    from ..checkpoint import check_device, check_model_source
+    from ..io import check_writable
+
+    if args.demo and args.model:
+        raise ValueError("--demo runs the built-in demo VLM; drop --model, or drop --demo and pass --data-dir")
+    if args.demo and args.data_dir:
+        raise ValueError("--demo generates its own data; drop --data-dir, or drop --demo and pass --model")
+    if not args.demo and not (args.data_dir and args.model):
+        raise ValueError("futuremask eval needs --data-dir and --model (or --demo for the offline demo)")
+    if args.model:
+        check_model_source(args.model)
+    check_device(args.device)
+    check_writable(args.output_dir)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..policies import get_policy
     from .data import load_tasks
-    from .runner import RunConfig, evaluate, shard_from_env
+    from .runner import RunClaim, RunConfig, evaluate, shard_from_env
 
+    _check_args(args)
     rank, world = shard_from_env()
     output_dir = Path(args.output_dir)
     requested = args.policy or (DEMO_POLICIES if args.demo else PAPER_POLICIES)
@@ -133,34 +155,38 @@ def run(args: argparse.Namespace) -> int:
         data_dir = output_dir / "demo-data"
         runs_dir = output_dir / "demo"
         samples = args.limit or DEMO_SAMPLES
-        if rank == 0:
-            generate_demo_data(data_dir, samples_per_task=samples)
-        else:
-            _wait_for_demo_data(data_dir, samples)
-        model, processor = load_demo_model()
         model_name = "demo-vlm" if DEMO_CHECKPOINT.is_dir() and (DEMO_CHECKPOINT / "config.json").exists() \
             else "tiny-llava-random"
-        tasks = load_tasks(data_dir, args.tasks)
-        overwrite, batch_size = True, args.batch_size or 8
-        max_new_tokens = args.max_new_tokens or DEMO_MAX_NEW_TOKENS
+        # one process: always fresh runs; a sharded demo resumes (its data and model are the same each time)
+        overwrite, batch_size = world == 1, 8 if args.batch_size is None else args.batch_size
+        max_new_tokens = DEMO_MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
     else:
-        if not args.data_dir or not args.model:
-            raise ValueError("futuremask eval needs --data-dir and --model (or --demo for the offline demo)")
         data_dir, runs_dir = Path(args.data_dir), output_dir
-        tasks = load_tasks(data_dir, args.tasks, limit=args.limit, adv=args.adv)  # validates before any write
-        model, processor = load_model(args.model, args.dtype, args.device)
         model_name = args.model
-        overwrite, batch_size = args.overwrite, args.batch_size or 1
-        max_new_tokens = args.max_new_tokens or 512
-    if args.demo and args.device != "auto":
-        model = model.to(args.device)
-    config = RunConfig(
+        overwrite, batch_size = args.overwrite, 1 if args.batch_size is None else args.batch_size
+        max_new_tokens = 512 if args.max_new_tokens is None else args.max_new_tokens
+    config = RunConfig(  # validates the numbers
         model=model_name, policy=policies[0], merge=args.merge, backend=args.backend, max_new_tokens=max_new_tokens,
         max_context_len=args.max_context_len, tokens_per_image=args.tokens_per_image, adv=args.adv and not args.demo,
         batch_size=batch_size, overwrite=overwrite, progress=not args.no_progress and rank == 0, rank=rank,
         world_size=world,
     )
-    runs = evaluate(model, processor, tasks, policies, runs_dir, config)
+    if args.demo:
+        if rank == 0:
+            generate_demo_data(data_dir, samples_per_task=samples)
+        else:
+            _wait_for_demo_data(data_dir, samples)
+        tasks = load_tasks(data_dir, args.tasks)
+    else:
+        tasks = load_tasks(data_dir, args.tasks, limit=args.limit, adv=args.adv)  # validates before any write
+    with RunClaim(runs_dir, config, policies, tasks) as claim:  # locked and checked before the model loads
+        if args.demo:
+            model, processor = load_demo_model()
+            if args.device != "auto":
+                model = model.to(args.device)
+        else:
+            model, processor = load_model(args.model, args.dtype, args.device)
+        runs = evaluate(model, processor, tasks, policies, runs_dir, config, claim)
     if rank != 0:
         return 0
     for run_dir in runs:

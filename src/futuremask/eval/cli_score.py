@@ -63,8 +63,8 @@ def run_score(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     """Print the Markdown report and write it (and the chart) to disk."""
-    from .report import build_report
     from ..io import write_text_atomic
+    from .report import build_report
 
     text = build_report(args.outputs_dir, paper=args.paper)
     print(text)

@@ -10,17 +10,23 @@ with 2 decimals; per task the best column is in bold and every non-baseline colu
 against the ``causal`` run of the same model (no merge), e.g. ``**47.50** (+2.50)``. Category means
 average each run over the tasks that *every* run of that model has scored, so the columns compare
 like with like. Runs of different models get separate sections.
+
+Runs of one model are compared on the samples they share (:mod:`futuremask.eval.shared`): when the
+runs of a task hold different samples (another ``--limit``, other data), every column of that task
+is the mean of the per-sample scores in ``eval_score.json`` over the shared samples only (ROUGE-L
+rounded to 3 decimals there, as the official file holds it), the table says so under it, and the
+run list marks the runs whose samples differ.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
+from ..io import read_json
 from .paper import PAPER_COLUMNS, PAPER_MODEL, PAPER_SCORES, PAPER_SOURCE, paper_row_label
+from .shared import SampleKey, sample_scores, shared_samples
 from .summary import CATEGORIES, OTHER, category_of, headline_metric
 
 CATEGORY_ORDER: tuple[str, ...] = (*CATEGORIES, OTHER)
@@ -39,6 +45,7 @@ class RunResult:
     merge: str | None = None
     backend: str | None = None
     scores: dict[str, tuple[str, float]] = field(default_factory=dict)
+    samples: dict[str, dict[SampleKey, float]] = field(default_factory=dict)  # task -> per-sample scores
 
     @property
     def canonical_policy(self) -> str | None:
@@ -57,32 +64,56 @@ class RunResult:
         return f"{self.policy}+{self.merge}" if self.merge else self.policy
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: malformed JSON ({err})") from err
-
-
 def load_run(run_dir: str | os.PathLike) -> RunResult:
-    """Read one run folder's ``result.json`` (required) and ``run.json`` (optional)."""
+    """Read one run folder's ``result.json`` (required), ``run.json`` and ``<Task>/eval_score.json`` (optional)."""
     run_dir = Path(run_dir)
-    summary = _read_json(run_dir / "result.json")
-    if not isinstance(summary, dict) or not summary:
-        raise ValueError(f"{run_dir / 'result.json'}: expected {{run: {{category: {{task: scores}}}}}}")
+    summary = read_json(run_dir / "result.json", dict, "run summary (result.json)")
+    if not summary:
+        raise ValueError(f"{run_dir / 'result.json'}: expected {{run: {{category: {{task: scores}}}}}}; "
+                         "re-run `futuremask score`")
     categories = summary.get(run_dir.name, next(iter(summary.values())))
     run = RunResult(name=run_dir.name)
+    meta_path = run_dir / "run.json"
+    meta = read_json(meta_path, dict, "run settings file (run.json)") if meta_path.is_file() else {}
+    run.model, run.policy = meta.get("model"), meta.get("policy")
+    run.merge, run.backend = meta.get("merge"), meta.get("backend")
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
     for tasks in categories.values():
         for task, eval_result in tasks.items():
             headline = headline_metric(eval_result) if eval_result else None
             if headline is not None:
                 run.scores[task] = headline
-    meta_path = run_dir / "run.json"
-    if meta_path.is_file():
-        meta = _read_json(meta_path)
-        run.model, run.policy = meta.get("model"), meta.get("policy")
-        run.merge, run.backend = meta.get("merge"), meta.get("backend")
+                per_sample = run_dir / task / "eval_score.json"
+                if per_sample.is_file():
+                    fingerprints = (data.get(task) or {}).get("samples")
+                    records = read_json(per_sample, list, "per-sample scores (eval_score.json)")
+                    run.samples[task] = sample_scores(records, fingerprints)
     return run
+
+
+def compare_on_shared(runs: list[RunResult]) -> tuple[list[RunResult], dict[str, tuple[int, list[int]]]]:
+    """Copies of ``runs`` whose task scores are taken over the samples all runs of the task share.
+
+    A task whose runs hold the same samples keeps its ``eval.json`` score. Returns the copies and, for
+    every task whose samples differ, ``(number shared, [samples per run that has the task])``.
+    """
+    out = [replace(run, scores=dict(run.scores)) for run in runs]
+    notes: dict[str, tuple[int, list[int]]] = {}
+    for task in sorted(set().union(*(run.scores for run in runs))):
+        having = [(copy, run) for copy, run in zip(out, runs, strict=True) if task in run.scores]
+        if not all(task in run.samples for _, run in having):
+            continue  # a run without per-sample scores: nothing to pair on
+        keys = shared_samples([run.samples[task] for _, run in having])
+        counts = [len(run.samples[task]) for _, run in having]
+        if all(count == len(keys) for count in counts):
+            continue
+        notes[task] = (len(keys), counts)
+        for copy, run in having:
+            if keys:
+                copy.scores[task] = (run.scores[task][0], sum(run.samples[task][k] for k in keys) / len(keys))
+            else:
+                del copy.scores[task]
+    return out, notes
 
 
 def _sort_key(run: RunResult) -> tuple:
@@ -91,12 +122,13 @@ def _sort_key(run: RunResult) -> tuple:
     return (run.model or "", rank, policy, run.merge or "", run.backend or "", run.name)
 
 
-def load_runs(outputs_dir: str | os.PathLike) -> list[RunResult]:
-    """Every run folder under ``outputs_dir`` that has a ``result.json``, in a stable column order."""
+def load_runs(outputs_dir: str | os.PathLike, runs: list[os.PathLike] | None = None) -> list[RunResult]:
+    """Every run folder under ``outputs_dir`` that has a ``result.json`` (only ``runs`` when given), sorted."""
     outputs_dir = Path(outputs_dir)
     if not outputs_dir.is_dir():
         raise FileNotFoundError(f"outputs directory {outputs_dir} does not exist")
-    runs = [load_run(path.parent) for path in sorted(outputs_dir.glob("*/result.json"))]
+    paths = sorted(outputs_dir.glob("*/result.json")) if runs is None else [Path(r) / "result.json" for r in runs]
+    runs = [load_run(path.parent) for path in paths if path.is_file()]
     if not runs:
         raise FileNotFoundError(
             f"no scored runs under {outputs_dir} (no <run>/result.json); "
@@ -165,6 +197,7 @@ def category_means(runs: list[RunResult]) -> dict[str, tuple[int, list[float]]]:
 
 def _model_section(model: str | None, runs: list[RunResult]) -> list[str]:
     labels = column_labels(runs)
+    runs, notes = compare_on_shared(runs)
     baseline = next((i for i, run in enumerate(runs) if run.is_baseline), None)
     lines = [f"## {model or 'unknown model'}", ""]
     tasks = ordered_tasks(set().union(*(run.scores for run in runs)))
@@ -174,6 +207,9 @@ def _model_section(model: str | None, runs: list[RunResult]) -> list[str]:
         metric = "/".join(sorted(_METRIC_SHORT.get(m, m) for m in metrics))
         rows.append(([task, metric], [run.scores[task][1] if task in run.scores else None for run in runs]))
     lines += _table(["Task", "Metric", *labels], rows, baseline)
+    for task, (shared, counts) in notes.items():
+        lines += ["", f"_{task}: the runs hold different samples ({', '.join(map(str, counts))}); every column "
+                  f"is scored on the {shared} they share._"]
     means = category_means(runs)
     if means:
         lines += ["", "Category means (tasks scored by every run):", ""]
@@ -195,14 +231,21 @@ def _paper_section() -> list[str]:
     return lines
 
 
-def build_report(outputs_dir: str | os.PathLike, paper: bool = False) -> str:
+def _differing_tasks(run: RunResult, runs: list[RunResult]) -> list[str]:
+    """Tasks where ``run`` holds samples that some other run of the task does not (or lacks some it has)."""
+    return [task for task, mine in run.samples.items()
+            if any(task in other.samples and set(other.samples[task]) != set(mine) for other in runs)]
+
+
+def build_report(outputs_dir: str | os.PathLike, paper: bool = False, runs: list[os.PathLike] | None = None) -> str:
     """Markdown report over every scored run under ``outputs_dir``.
 
     Args:
         outputs_dir: folder holding ``<run>/result.json`` (+ ``<run>/run.json``).
         paper: append the paper's LLaVA-1.5-7B numbers as a reference table.
+        runs: only these run folders (``eval`` reports the runs it just made).
     """
-    runs = load_runs(outputs_dir)
+    runs = load_runs(outputs_dir, runs)
     lines = [
         "# MileBench policy comparison",
         "",
@@ -218,7 +261,9 @@ def build_report(outputs_dir: str | os.PathLike, paper: bool = False) -> str:
     lines += ["Runs:", ""]
     for run in runs:
         identity = f"model={run.model}, policy={run.policy}, merge={run.merge}, backend={run.backend}"
-        lines.append(f"* `{run.name}`: {identity}")
+        differ = _differing_tasks(run, [other for other in runs if other.model == run.model])
+        mark = f" — **samples differ** from other runs on {', '.join(differ)}" if differ else ""
+        lines.append(f"* `{run.name}`: {identity}{mark}")
     if paper:
         lines += [""] + _paper_section()
     return "\n".join(lines) + "\n"
@@ -230,6 +275,7 @@ __all__ = [
     "build_report",
     "category_means",
     "column_labels",
+    "compare_on_shared",
     "load_run",
     "load_runs",
     "ordered_tasks",

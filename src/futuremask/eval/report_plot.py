@@ -10,9 +10,9 @@ import io
 import os
 from pathlib import Path
 
+from ..io import write_bytes_atomic
 from .paper import PAPER_COLUMNS, PAPER_MODEL, PAPER_SCORES
 from .report import RunResult, category_means, column_labels, load_runs, ordered_tasks
-from ..io import write_bytes_atomic
 
 
 def _panel(

@@ -11,8 +11,11 @@ Layout of a run (written by the runner, or by any tool)::
                                                    "choice_list", "extracted" and "result"
     <result_dir>/result.json, result.csv       the run summary (:mod:`futuremask.eval.summary`)
 
-The data come from ``<data_dir>/<Task>/<Task>.json`` (``<Task>-adv.json`` with ``adv=True``). Every task
-is scored in memory first; files are written (atomically) only when all requested tasks succeed.
+The data come from ``<data_dir>/<Task>/<Task>.json`` (``<Task>-adv.json`` with ``adv=True``); the gold
+answers are always the data's (a ``gt_response`` in ``pred.json`` is ignored). When the run's
+``run.json`` records sample fingerprints, every prediction must match its sample's fingerprint in
+the data, so predictions made on other data are never scored against this data. Every task is
+scored in memory first; files are written (atomically) only when all requested tasks succeed.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..io import read_json, write_text_atomic
+from .data import file_fingerprints
 from .metrics import LEVELS, quantity_level, score_answer, scoring_rule
 from .normalize import normalize_answer
 from .options import extract_option
-from ..io import write_text_atomic
+from .shared import id_key
 from .summary import write_summary
 from .tasks import TASK_GROUPS, expand_task_names
 
@@ -144,8 +149,8 @@ def score_task(task: str, annotation: dict[str, Any], predictions: list[dict[str
             raise ValueError(f"{where}: task_instance.images_path is missing or not a list")
         rec["image_quantity_level"] = sample.get("image_quantity_level", quantity_level(len(images)))
         rec["image"] = list(images)
-        if "gt_response" not in rec:  # predictions from other tools may omit it: use the data's answer
-            rec["gt_response"] = str(sample.get("response"))
+        # the gold answer always comes from the data: a corrected answer counts without regenerating
+        rec["gt_response"] = _check_text(sample.get("response"), "the gold answer 'response'", where)
 
     per_level: dict[str, list[float | int]] = {level: [] for level in LEVELS}
     sample_scores: list[dict[str, str]] = []
@@ -182,19 +187,12 @@ def score_task(task: str, annotation: dict[str, Any], predictions: list[dict[str
     return TaskScores(task, rule, eval_result, sample_scores, records if rule == "choice" else None)
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: malformed JSON in {what} ({err})") from err
-
-
 def load_annotation(data_dir: str | os.PathLike, task: str, adv: bool = False) -> dict[str, Any]:
     """Read ``<data_dir>/<task>/<task>.json`` (or ``<task>-adv.json``)."""
     path = Path(data_dir) / task / (f"{task}-adv.json" if adv else f"{task}.json")
     if not path.is_file():
         raise FileNotFoundError(f"unknown task {task!r}: no annotation file {path}")
-    annotation = _read_json(path, "the annotation file")
+    annotation = read_json(path, what="annotation file")
     if not isinstance(annotation, dict) or "data" not in annotation:
         raise ValueError(f"{path}: expected {{'meta_data': ..., 'data': [...]}}")
     return annotation
@@ -207,10 +205,7 @@ def load_predictions(result_dir: str | os.PathLike, task: str) -> list[dict[str,
         raise FileNotFoundError(
             f"{task}: no prediction file {path}; run `futuremask eval` for this task first"
         )
-    preds = _read_json(path, "the predictions")
-    if not isinstance(preds, list):
-        raise ValueError(f"{path}: expected a JSON list of prediction records")
-    return preds
+    return read_json(path, list, "prediction file")
 
 
 def find_tasks(result_dir: str | os.PathLike) -> list[str]:
@@ -237,6 +232,30 @@ def write_task_scores(result_dir: str | os.PathLike, scores: TaskScores) -> None
         write_text_atomic(folder / "pred_with_extracted.json", json.dumps(scores.extracted, indent=4))
     write_text_atomic(folder / "eval.json", json.dumps(scores.eval))
     write_text_atomic(folder / "eval_score.json", json.dumps(scores.sample_scores, indent=4))
+
+
+def _recorded_fingerprints(result_dir: Path) -> dict[str, dict[str, str]]:
+    """``{task: {sample_id: fingerprint}}`` from the run's ``run.json`` (empty without one)."""
+    path = result_dir / "run.json"
+    if not path.is_file():
+        return {}
+    data = read_json(path, dict, "run settings file (run.json)").get("data") or {}
+    return {task: entry.get("samples") or {} for task, entry in data.items() if isinstance(entry, dict)}
+
+
+def _check_fingerprints(task: str, annotation: dict, predictions: list, recorded: dict | None, result_dir) -> None:
+    """Refuse predictions whose sample (by fingerprint) is not the data's sample of that id any more."""
+    if not recorded:
+        return
+    current = {str(k): v for k, v in file_fingerprints(annotation).items()}
+    ids = [id_key(rec.get("sample_id")) for rec in predictions if isinstance(rec, dict)]
+    stale = [i for i in ids if recorded.get(i) is not None and current.get(i) != recorded[i]]
+    if stale:
+        raise ValueError(
+            f"{task}: {len(stale)} prediction(s) in {result_dir} (sample_id {stale[:5]}) were made on other data "
+            "than this --data-dir holds; score them with the data they were made on, or regenerate them "
+            "(futuremask eval --overwrite)"
+        )
 
 
 def score_run(
@@ -269,11 +288,14 @@ def score_run(
     names = expand_tasks(list(tasks) if tasks else None, result_dir)
     if not names:
         raise FileNotFoundError(f"no <Task>/pred.json under {result_dir}; nothing to score")
+    recorded = _recorded_fingerprints(result_dir)
     results = []
     with tqdm(names, desc="scoring", unit="task", disable=not progress or len(names) < 2) as bar:
         for task in bar:  # the bar closes before an error propagates, so messages are not interleaved
             annotation = load_annotation(data_dir, task, adv)
-            results.append(score_task(task, annotation, load_predictions(result_dir, task)))
+            predictions = load_predictions(result_dir, task)
+            _check_fingerprints(task, annotation, predictions, recorded.get(task), result_dir)
+            results.append(score_task(task, annotation, predictions))
     for scores in results:
         write_task_scores(result_dir, scores)
     return write_summary(result_dir)

@@ -23,8 +23,8 @@ from typing import Any
 
 from ..eval.data import Task, load_tasks
 from ..eval.runner import RunConfig, evaluate
-from ..io import write_json_atomic
 from ..eval.scoring import score_run, score_task
+from ..io import write_json_atomic
 from .trainer import TrainConfig, save_checkpoint, train
 
 
