@@ -371,6 +371,26 @@ def _pad_continuations(
     return ids.to(device), keep.to(device)
 
 
+def left_aligned(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``inputs`` with every row's padding moved to the left, so each prompt ends at the last column.
+
+    A right-padded row ``[p0 p1 PAD]`` becomes ``[PAD p0 p1]``: ``input_ids``, ``attention_mask`` and the
+    per-token keys are rolled by the row's number of trailing pads. Left-padded inputs come back as given.
+    """
+    mask = inputs.get("attention_mask")
+    if mask is None or bool(mask[:, -1].all()):
+        return dict(inputs)
+    valid = mask.bool()
+    trailing = (~valid).flip(1).long().cumprod(dim=1).sum(dim=1)  # [B] pads after the last valid token
+    length = mask.shape[1]
+    index = (torch.arange(length, device=mask.device)[None, :] - trailing[:, None]) % length  # [B, L]
+    out = dict(inputs)
+    for key in ("input_ids", "attention_mask", *PER_TOKEN_KEYS):
+        if out.get(key) is not None:
+            out[key] = out[key].gather(1, index)
+    return out
+
+
 def with_continuation(inputs: Mapping[str, Any], cont: torch.Tensor, keep: torch.Tensor) -> dict[str, Any]:
     """Model inputs for prompt + continuation in one pass, the continuation outside the prompt region.
 
@@ -405,8 +425,8 @@ def continuation_logprob(
 ) -> torch.Tensor:
     """Sum of log-probabilities of ``continuation_ids`` after the prompt in ``inputs``, in one forward pass.
 
-    The continuation is appended after each (left-padded) prompt and excluded from the prompt
-    region, so visual rows never see it.
+    The continuation is appended right after each prompt (right-padded prompts are first
+    left-aligned, :func:`left_aligned`) and excluded from the prompt region, so visual rows never see it.
 
     Args:
         model: a transformers VLM.
@@ -428,7 +448,7 @@ def continuation_logprob(
     cont, keep = _pad_continuations(continuation_ids, batch_size, device)
     if cont.shape[1] == 0:
         raise ValueError("continuation_ids is empty: there is nothing to score")
-    call = with_continuation(inputs, cont, keep)
+    call = with_continuation(left_aligned(inputs), cont, keep)
     with apply(model, policy, merge=merge, backend=backend), torch.no_grad():
         logits = model(**call, use_cache=False).logits
     logp = torch.log_softmax(logits[:, prompt_len - 1 : -1].float(), dim=-1)
