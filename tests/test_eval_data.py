@@ -110,7 +110,9 @@ def test_limit_skips_validation_of_unselected_samples(data: Path):
 def test_cli_bad_data_fails_before_writing_anything(data: Path, tmp_path: Path, capsys):
     (data / "DemoColor" / "images" / "0_1.png").unlink()
     out = tmp_path / "outputs"
-    code = main(["eval", "--data-dir", str(data), "--model", str(tmp_path / "no-such-model"),
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")  # never loaded: the data fails first
+    code = main(["eval", "--data-dir", str(data), "--model", str(tmp_path / "ckpt"),
                  "--output-dir", str(out), "--no-progress"])
     assert code == 2
     assert "image '0_1.png' not found" in capsys.readouterr().err
