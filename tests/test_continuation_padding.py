@@ -27,7 +27,7 @@ def test_batched_equals_each_alone(llava, side, policy, merge):
     assert pads.any() and bool(pads[:, -1 if side == "right" else 0].any())  # really padded on that side
     got = fm.continuation_logprob(model, batch, conts, policy=policy, merge=merge)
     alone = [fm.continuation_logprob(model, dict(processor(text=[t], images=[im], return_tensors="pt")), [c],
-                                     policy=policy, merge=merge)[0] for t, im, c in zip(texts, images, conts)]
+                                     policy=policy, merge=merge)[0] for t, im, c in zip(texts, images, conts, strict=True)]
     torch.testing.assert_close(got, torch.stack(alone), rtol=0, atol=1e-4)
 
 
