@@ -73,12 +73,32 @@ def test_training_policy_changes_the_update():
 
 def test_train_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--demo", "--demo-samples", "3", "--steps", "2", "--batch-size", "4", "--policy", "future",
+    code = main(["train", "--demo", "--demo-samples", "3", "--steps", "2", "--batch-size", "4", "--policy", "original",
                  "--hidden-size", "32", "--layers", "1", "--vision-hidden-size", "16", "--out", str(out)])
     assert code == 0
-    assert "trained under 'future' for 2 steps" in capsys.readouterr().out
+    record = json.loads((out / "futuremask_training.json").read_text())
+    assert record["config"]["policy"] == "causal"  # the alias, resolved
+    step, loss = record["losses"][-1]  # fewer steps than the logging interval: the loss is still logged
+    assert step == 2 and loss == loss
+    assert f"trained under 'causal' for 2 steps in" in (printed := capsys.readouterr().out)
+    assert f"(loss {loss:.4f} at step 2)" in printed and "nan" not in printed
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     from futuremask.eval.demo import load_demo_model
 
     model, proc = load_demo_model(out)
     assert model.config.text_config.hidden_size == 32 and proc.tokenizer.convert_tokens_to_ids("circles") != 1
+
+
+def test_train_command_checks_before_training(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    base = ["train", "--demo", "--demo-samples", "3", "--steps", "1", "--hidden-size", "32", "--layers", "1"]
+    cases = [
+        (["--out", str(tmp_path / "file" / "out")], f"--out {tmp_path / 'file' / 'out'}: {tmp_path / 'file'} is a file"),
+        (["--init", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], f"--init {tmp_path / 'nope'}: no such folder"),
+        (["--steps", "0", "--out", str(tmp_path / "o")], "--steps must be a positive integer, got 0"),
+    ]
+    for extra, message in cases:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing trained, nothing written

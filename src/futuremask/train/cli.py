@@ -19,7 +19,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from ..policies import POLICIES
+from ..policies import POLICIES, policy_aliases
+
+POLICY_NAMES = [*POLICIES, *policy_aliases()]  # aliases are accepted everywhere a policy name is
 
 DEMO_TRAIN_SEED = 1  # the evaluation demo data (`futuremask eval --demo`) uses seed 0
 
@@ -51,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--model-seed", type=int, default=0, help="seed of the fresh model's initial weights")
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--policy", default="causal", choices=POLICIES, help="mask policy during training")
+    opt.add_argument("--policy", default="causal", choices=POLICY_NAMES, help="mask policy during training")
     opt.add_argument("--merge", choices=("kernel", "lse"), help="train with the light merge instead")
     opt.add_argument("--backend", default="sdpa", choices=("sdpa", "eager", "flex", "auto"))
     opt.add_argument("--steps", type=int, default=4000)
@@ -62,12 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--padding-side", default="right", choices=("left", "right"))
 
     sweep = p.add_argument_group("policy sweep")
-    sweep.add_argument("--policies", nargs="+", choices=POLICIES,
+    sweep.add_argument("--policies", nargs="+", choices=POLICY_NAMES,
                        help="train one model per policy (same init, data, steps) and evaluate each")
     sweep.add_argument("--eval-data-dir", help="evaluation data for the sweep")
     sweep.add_argument("--eval-demo", action="store_true", help="evaluate the sweep on the demo tasks (seed 0)")
     sweep.add_argument("--eval-samples", type=int, default=100, help="demo evaluation samples per task")
-    sweep.add_argument("--eval-policies", nargs="+", choices=POLICIES,
+    sweep.add_argument("--eval-policies", nargs="+", choices=POLICY_NAMES,
                        default=["causal", "future", "future_v2v", "future_v2t", "mma"])
 
     p.add_argument("--out", required=True, help="output folder (checkpoint, or the sweep's folders)")
@@ -79,7 +81,11 @@ def _make_model_factory(args: argparse.Namespace, words: list[str]):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         def load():
-            return AutoModelForImageTextToText.from_pretrained(args.init), AutoProcessor.from_pretrained(args.init)
+            try:
+                return AutoModelForImageTextToText.from_pretrained(args.init), AutoProcessor.from_pretrained(args.init)
+            except OSError as err:
+                raise ValueError(f"--init {args.init}: cannot load it ({str(err).splitlines()[0]}); pass a "
+                                 "checkpoint folder, or a hub id that is downloadable or cached") from err
 
         return load
     from ..tiny import tiny_llava
@@ -112,12 +118,31 @@ def _init_record(init: str | None) -> dict | None:
     return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Everything about the command line that can be wrong, before data or model are touched."""
+    from ..checkpoint import check_model_source
+    from ..io import check_writable
+    from ..policies import get_policy
+
+    if bool(args.data_dir) == bool(args.demo):
+        raise ValueError("pass exactly one of --data-dir DIR or --demo")
+    for flag in ("steps", "batch_size", "demo_samples", "eval_samples"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+    if args.init:
+        check_model_source(args.init, "--init")
+    check_writable(args.out, "--out")
+    args.policy = get_policy(args.policy).name
+    for key in ("policies", "eval_policies"):
+        if getattr(args, key):
+            setattr(args, key, list(dict.fromkeys(get_policy(p).name for p in getattr(args, key))))
+
+
 def run(args: argparse.Namespace) -> int:
     from .data import milebench_examples
     from .trainer import TrainConfig, train
 
-    if bool(args.data_dir) == bool(args.demo):
-        raise ValueError("pass exactly one of --data-dir DIR or --demo")
+    _check_args(args)
     with tempfile.TemporaryDirectory(prefix="futuremask-demo-") as scratch:
         data_dir = args.data_dir
         if args.demo:
@@ -139,9 +164,9 @@ def run(args: argparse.Namespace) -> int:
             record = {"data": data_dir if args.data_dir else f"demo seed {args.demo_seed}, "
                       f"{args.demo_samples} per task", "init": args.init, "init_record": _init_record(args.init)}
             result = train(model, processor, examples, config, output_dir=args.out, record=record)
-            last = result.losses[-1][1] if result.losses else float("nan")
+            step, last = result.losses[-1]
             print(f"trained under {args.policy!r} for {args.steps} steps in {result.seconds:.0f}s "
-                  f"(last logged loss {last:.4f}); saved to {args.out}")
+                  f"(loss {last:.4f} at step {step}); saved to {args.out}")
             return 0
         del model
         if bool(args.eval_data_dir) == bool(args.eval_demo):

@@ -9,7 +9,6 @@ never reaches an answer token. Train and serve with the same policy.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -21,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..hf import apply
+from ..io import write_json_atomic
 from .collator import SFTCollator
 
 
@@ -121,7 +121,7 @@ def train(
             max_grad_norm=config.max_grad_norm,
             seed=config.seed,
             data_seed=config.seed,
-            logging_steps=config.log_every,
+            logging_steps=min(config.log_every, config.steps),  # a short run still logs its loss
             save_strategy="no",
             report_to="none",
             use_cpu=not torch.cuda.is_available(),
@@ -149,9 +149,7 @@ def save_checkpoint(model: Any, processor: Any, output_dir: str | os.PathLike, r
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
-    tmp = out / "futuremask_training.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out / "futuremask_training.json")
+    write_json_atomic(out / "futuremask_training.json", record, indent=2)
     return out
 
 
