@@ -318,3 +318,62 @@ def test_prompt_pass_creates_no_float_tensor_of_l_by_l(tiny, monkeypatch, merge)
     with fm.apply(tiny, "future", merge=merge), torch.no_grad(), Watch():
         tiny(**inputs)
     assert max(biggest)[0] < length * length, max(biggest)
+
+
+def test_mask_share_is_a_share_of_the_same_prefill(tiny, monkeypatch):
+    """mask+plan % is timed inside the prefill with its clock: each round's share is in [0, 1], and the
+    record's share is their median (before, a wall-clock mask over a CPU-clock prefill exceeded 100 %)."""
+    from futuremask.bench import run as bench_run
+    from futuremask.kernels import sdpa
+
+    monkeypatch.setattr(sdpa, "MIN_BLOCKED_ROWS", 8)  # short prompts take the blocked path: plans are timed
+    records = bench(tiny, images=1, tokens_per_image=6, text_tokens=9, new_tokens=2, repeats=3,
+                    policies=["causal", "future"], merges=[None], kernel_bench=False, progress=False,
+                    exact_rss=False)
+    future = records[1]
+    shares = future["samples"]["mask_share"]
+    assert len(shares) == 3 and all(0 < s <= 1 for s in shares)
+    assert future["mask_share"] == sorted(shares)[1]
+    assert all(p > 0 for p in future["samples"]["plan_ms"])  # the model planned its mask, and it was timed
+    for m, p, f, s in zip(*(future["samples"][k] for k in ("mask_ms", "plan_ms", "prefill_ms", "mask_share")),
+                          strict=True):
+        assert s == pytest.approx((m + p) / f)
+    assert bench_run.blocked.cached_plan.__name__ == "cached_plan"  # the spy put the planner back
+
+
+_SMALL = ["bench", "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "64",
+          "--images", "1", "--tokens-per-image", "4", "--text-tokens", "5", "--new-tokens", "2", "--repeats", "1",
+          "--policies", "causal", "--merge", "none", "--no-kernel-bench", "--no-exact-rss", "--no-progress"]
+
+
+def test_cli_bench_writes_a_png_only_with_plot(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(_SMALL) == 0
+    assert list(tmp_path.iterdir()) == [] and "plot written" not in capsys.readouterr().out
+    assert main([*_SMALL, "--plot"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.png"]
+    assert "plot written to bench.png" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--batch", "0"], "--batch must be at least 1, got 0"),
+    (["--new-tokens", "1"], "--new-tokens must be at least 2, got 1"),
+    (["--model", "./no-such-model"], "--model ./no-such-model: no such folder"),
+    (["--plot", "FILE/bench.png"], "is a file, not a folder; choose another --plot"),
+    (["--json", "FILE/b.json"], "is a file, not a folder; choose another --json"),
+])
+def test_cli_bench_refuses_before_running(tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("x")
+    monkeypatch.setattr("futuremask.bench.api.run_bench", lambda *a, **k: pytest.fail("the benchmark ran"))
+    assert main([*_SMALL, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+
+
+def test_cli_bench_cuda_without_cuda(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("futuremask.bench.api.run_bench", lambda *a, **k: pytest.fail("the benchmark ran"))
+    assert main([*_SMALL, "--device", "cuda"]) == 2
+    assert "--device cuda: CUDA is not available on this machine" in capsys.readouterr().err

@@ -32,7 +32,11 @@ def load_model(
     else:
         from transformers import AutoModelForImageTextToText
 
-        model = AutoModelForImageTextToText.from_pretrained(name, dtype=torch_dtype).eval()
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(name, dtype=torch_dtype).eval()
+        except OSError as err:
+            raise ValueError(f"--model {name}: cannot load it ({str(err).splitlines()[0]}); pass a checkpoint "
+                             "folder, or a hub id that is downloadable or cached") from err
         model.generation_config.eos_token_id = None  # benchmarks decode a fixed number of tokens
     return model.to(device=device, dtype=torch_dtype)
 

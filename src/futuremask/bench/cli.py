@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..policies import POLICIES
+from ..policies import POLICIES, policy_aliases
 from .run import PAPER_POLICIES
 from .synthetic import SyntheticSize
 
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--batch", type=int, default=1)
     r = p.add_argument_group("run")
     r.add_argument(
-        "--policies", nargs="+", default=list(PAPER_POLICIES), choices=list(POLICIES) + ["original"]
+        "--policies", nargs="+", default=list(PAPER_POLICIES), choices=[*POLICIES, *policy_aliases()]
     )
     r.add_argument(
         "--merge",
@@ -65,17 +65,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     o = p.add_argument_group("output")
     o.add_argument("--json", dest="json_path", default=None, help="write the records to this JSON file")
-    o.add_argument("--plot", dest="plot_path", default="bench.png", help="PNG of the ratios ('' to skip)")
+    o.add_argument("--plot", dest="plot_path", nargs="?", const="bench.png", default=None,
+                   help="write a PNG of the ratios (default path bench.png; none without --plot)")
     o.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every number, path and device of the command line, before a model is built or loaded."""
+    from pathlib import Path
+
+    from ..checkpoint import check_device, check_model_source
+    from ..io import check_writable
+
+    least = {"repeats": 1, "batch": 1, "images": 0, "tokens_per_image": 1, "text_tokens": 1, "new_tokens": 2,
+             "hidden": 1, "layers": 1, "heads": 1, "kv_heads": 1, "vocab": 8}
+    for name, low in least.items():
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    if args.intermediate is not None and args.intermediate < 1:
+        raise ValueError(f"--intermediate must be at least 1, got {args.intermediate}")
+    if args.model != "synthetic":
+        check_model_source(args.model)
+    check_device(args.device)
+    for flag, path in (("--json", args.json_path), ("--plot", args.plot_path)):
+        if path:
+            check_writable(Path(path).parent, flag)
 
 
 def run(args: argparse.Namespace) -> int:
     from .api import bench
     from .report import table
 
-    if args.repeats < 1:
-        raise ValueError("--repeats must be at least 1")
+    _check_args(args)
     size = SyntheticSize(
         hidden=args.hidden,
         layers=args.layers,

@@ -6,7 +6,9 @@ One *measurement* of a variant applies it to the model (:func:`futuremask.apply`
 * ``prefill_ms``: from the call to the end of the first step (the prompt pass and the first token);
 * ``decode_ms_per_token``: the time of the remaining ``new_tokens - 1`` steps, per step;
 * ``peak_mem_mb``: the peak memory of the call above what was held before it (:class:`PeakMemory`);
-* ``mask_ms``/``mask_calls``: time spent in, and calls to, futuremask's mask builder for the prompt pass.
+* ``mask_ms``/``mask_calls``: time spent in, and calls to, futuremask's mask builder for the prompt pass;
+  ``plan_ms``: time in blocked SDPA's plan of that mask (CPU, long prompts); ``mask_share``: their sum
+  over ``prefill_ms``, all three timed with the same clock inside the same call.
 
 Times are process CPU time on CPU (``time.process_time``: on a shared machine, time spent waiting
 for a core is not counted; with several threads it is their sum) and wall time on CUDA; on CPU the
@@ -34,6 +36,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from .. import apply
 from ..hf import IMPL_PREFIX
+from ..kernels import blocked
 from ..layout import TokenLayout
 from ..merge import Merge
 from ..policies import allowed_mod, get_policy
@@ -87,34 +90,52 @@ class _Clock(StoppingCriteria):
 
 
 class _MaskSpy:
-    """Wraps futuremask's registered mask builders to count prompt-pass calls and the time spent in them."""
+    """Counts prompt-pass calls to futuremask's mask builders, and times them and blocked SDPA's plans.
 
-    def __init__(self) -> None:
+    Both are timed with the clock of the measurement (``now``), inside the ``generate`` call, so their
+    sum is part of ``prefill_ms`` and ``mask_share`` never exceeds 1.
+    """
+
+    def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
+        self.now = now
         self.calls = 0
         self.seconds = 0.0
+        self.plan_seconds = 0.0
         self._names: list[str] = []
+        self._plan = None
 
     def __enter__(self) -> _MaskSpy:
         for name in list(ALL_MASK_ATTENTION_FUNCTIONS):
             if name.startswith(IMPL_PREFIX):
                 ALL_MASK_ATTENTION_FUNCTIONS[name] = self._wrap(ALL_MASK_ATTENTION_FUNCTIONS[name])
                 self._names.append(name)
+        self._plan = blocked.cached_plan
+
+        def timed_plan(*args, **kwargs):
+            start = self.now()
+            try:
+                return self._plan(*args, **kwargs)
+            finally:
+                self.plan_seconds += self.now() - start
+
+        blocked.cached_plan = timed_plan
         return self
 
     def _wrap(self, fn: Callable) -> Callable:
         def timed(*args, **kwargs):
             q_length = kwargs.get("q_length", args[1] if len(args) > 1 else 1)
-            start = time.perf_counter()
+            start = self.now()
             try:
                 return fn(*args, **kwargs)
             finally:
                 if int(q_length) > 1:  # a prompt pass; decoding steps get the stock causal mask
                     self.calls += 1
-                    self.seconds += time.perf_counter() - start
+                    self.seconds += self.now() - start
 
         return timed
 
     def __exit__(self, *exc) -> None:
+        blocked.cached_plan = self._plan
         for name in self._names:
             del ALL_MASK_ATTENTION_FUNCTIONS[name]  # drops our local override; the registered builder stays
 
@@ -138,7 +159,7 @@ def measure(
     device = inputs["input_ids"].device
     now = CLOCKS[clock]
     steps = _Clock(now)
-    with apply(model, variant.policy, merge=variant.merge, backend=backend), _MaskSpy() as spy:
+    with apply(model, variant.policy, merge=variant.merge, backend=backend), _MaskSpy(now) as spy:
         with PeakMemory(device) as mem:
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -151,11 +172,14 @@ def measure(
                 stopping_criteria=StoppingCriteriaList([steps]),
             )
     stamps = steps.stamps
+    prefill = stamps[0] - start
     return {
-        "prefill_ms": (stamps[0] - start) * 1e3,
+        "prefill_ms": prefill * 1e3,
         "decode_ms_per_token": (stamps[-1] - stamps[0]) * 1e3 / (len(stamps) - 1),
         "peak_mem_mb": mem.mb,
         "mask_ms": spy.seconds * 1e3,
+        "plan_ms": spy.plan_seconds * 1e3,
+        "mask_share": (spy.seconds + spy.plan_seconds) / prefill if prefill > 0 else None,
         "mask_calls": spy.calls,
     }
 
@@ -203,8 +227,8 @@ def run_bench(
 
     Returns one record per variant (``causal`` first): ``policy``, ``merge`` (None or the kind), the
     median / min / max of each metric over ``settings.repeats`` rounds, and ``*_ratio`` = median /
-    median of ``causal``. Also ``pairs_ratio`` (attended pairs / causal pairs), ``mask_share`` (mask
-    building + blocked-SDPA planning time / prefill time) and ``mask_calls_per_prefill``, plus
+    median of ``causal``. Also ``pairs_ratio`` (attended pairs / causal pairs), ``mask_share`` (the median
+    over rounds of mask building + blocked-SDPA planning time / prefill time) and ``mask_calls_per_prefill``, plus
     ``settings.extra``.
     """
     runs = variants(settings.policies, settings.merges)
@@ -256,7 +280,8 @@ def _records(runs, samples, layout, causal_pairs, settings, inputs, clock) -> li
             med, lo, hi = _summary(samples[v].get(metric, []))
             rec[metric], rec[metric + "_min"], rec[metric + "_max"] = med, lo, hi
         rec["mask_ms"] = _summary(samples[v]["mask_ms"])[0]
-        rec["plan_ms"] = _summary(samples[v].get("plan_ms", []))[0]
+        rec["plan_ms"] = _summary(samples[v]["plan_ms"])[0]
+        rec["mask_share"] = _summary(samples[v]["mask_share"])[0]  # the median of each round's share
         rec["mask_calls_per_prefill"] = max(samples[v]["mask_calls"])
         rec["pairs_ratio"] = attended_pairs(v.policy, layout) / causal_pairs
         rec["samples"] = {k: list(x) for k, x in samples[v].items()}
@@ -271,8 +296,6 @@ def _records(runs, samples, layout, causal_pairs, settings, inputs, clock) -> li
         ):
             num, den = rec[metric], base[metric]
             rec[ratio] = num / den if num is not None and den else None
-        once = rec["mask_ms"] + (rec["plan_ms"] or 0.0)  # per-forward work: the mask and its plan
-        rec["mask_share"] = once / rec["prefill_ms"] if rec["prefill_ms"] else None
         rec["prompt_tokens"] = layout.length
         rec["visual_tokens"] = int(layout.visual[0].sum())
         rec["batch"] = layout.batch_size
