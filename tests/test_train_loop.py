@@ -80,7 +80,7 @@ def test_train_command_end_to_end(tmp_path, capsys):
     assert record["config"]["policy"] == "causal"  # the alias, resolved
     step, loss = record["losses"][-1]  # fewer steps than the logging interval: the loss is still logged
     assert step == 2 and loss == loss
-    assert f"trained under 'causal' for 2 steps in" in (printed := capsys.readouterr().out)
+    assert "trained under 'causal' for 2 steps in" in (printed := capsys.readouterr().out)
     assert f"(loss {loss:.4f} at step 2)" in printed and "nan" not in printed
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     from futuremask.eval.demo import load_demo_model
