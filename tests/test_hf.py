@@ -56,6 +56,7 @@ def test_causal_reproduces_stock_model_and_remove_restores(llava, batch, backend
     assert torch.equal(after, before)
     assert model.config.text_config._attn_implementation == impl
     assert not hasattr(model, "_futuremask") and "prepare_inputs_for_generation" not in vars(model)
+    assert "__deepcopy__" not in vars(model)
     assert not model._forward_pre_hooks and not model._forward_hooks
 
 

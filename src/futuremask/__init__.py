@@ -9,10 +9,16 @@ from .attention import attention
 from .hf import BACKENDS, FutureMask, PromptSplitError, apply, continuation_logprob
 from .layout import TokenLayout
 from .merge import Merge
-from .policies import POLICIES, build_mask, get_policy, register_policy
+from .policies import build_mask, get_policy, policy_names, register_policy
 from .viz import plot_mask
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "POLICIES":  # ``fm.POLICIES``: every registered policy, those added by register_policy included
+        return policy_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BACKENDS",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .policies import POLICIES, get_policy, policy_aliases
+from .policies import get_policy, policy_aliases, policy_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     aliases = {target: alias for alias, target in policy_aliases().items()}
-    for name in POLICIES:
+    for name in policy_names():
         policy = get_policy(name)
         alias = f" (alias: {aliases[name]})" if name in aliases else ""
         rule = "j <= i" if policy.is_causal else f"j <= i, or {policy.description}"

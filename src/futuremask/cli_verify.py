@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .merge import MERGE_KINDS, POOLS, Merge
-from .policies import POLICIES, policy_aliases
+from .policies import accepted_names, policy_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "left-padding invariance. Exits 1 when a check fails.",
     )
     p.add_argument("--model", required=True, help="checkpoint directory or hub id")
-    p.add_argument("--policy", nargs="+", choices=list(POLICIES) + list(policy_aliases()), metavar="NAME",
-                   help=f"policies to check besides causal (default: all of {', '.join(POLICIES)})")
+    p.add_argument("--policy", nargs="+", choices=accepted_names(), metavar="NAME",
+                   help=f"policies to check besides causal (default: all of {', '.join(policy_names())})")
     p.add_argument("--merge", choices=MERGE_KINDS, help="also fold the future into the sink (light variant)")
     p.add_argument("--kernel", type=int, default=3, help="merge pooling window (default 3)")
     p.add_argument("--pool", choices=POOLS, default="max", help="merge pooling (default max)")
@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, open_image
-    from .verify import format_table, verify
+    from .verify import check_settings, format_table, verify
 
+    check_settings(args.atol, args.max_new_tokens)
     model, processor = load_checkpoint(args.model, dtype=args.dtype, device=args.device)
     merge = Merge(kind=args.merge, kernel=args.kernel, pool=args.pool) if args.merge else None
     image = open_image(args.image) if args.image else None

@@ -8,11 +8,10 @@ from typing import Any
 
 from .layout import TokenLayout
 from .merge import MERGE_KINDS, POOLS, Merge
-from .policies import POLICIES, get_policy, policy_aliases
+from .policies import accepted_names, get_policy, policy_names
 from .viz import DEFAULT_PANELS, MERGE_PANEL, parse_layout, spans
 
 DEFAULT_LAYOUT = "T4 V16 T6 V16 T8"
-PANEL_CHOICES = list(POLICIES) + list(policy_aliases()) + [MERGE_PANEL]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,9 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--layout", help=f'runs of T(ext) / V(isual) tokens, e.g. "{DEFAULT_LAYOUT}" (the default)')
     source.add_argument("--model", help="checkpoint dir or hub id whose processor tokenizes --prompt/--image")
     _prompt_args(p)
-    p.add_argument("--policy", nargs="+", choices=PANEL_CHOICES, default=list(DEFAULT_PANELS), metavar="NAME",
-                   help=f"panels to draw (default: {' '.join(DEFAULT_PANELS)}); any of {', '.join(PANEL_CHOICES)}")
-    p.add_argument("--merge-policy", default="future", choices=list(POLICIES),
+    panels = [*accepted_names(), MERGE_PANEL]
+    p.add_argument("--policy", nargs="+", choices=panels, default=list(DEFAULT_PANELS), metavar="NAME",
+                   help=f"panels to draw (default: {' '.join(DEFAULT_PANELS)}); any of {', '.join(panels)}")
+    p.add_argument("--merge-policy", default="future", choices=list(policy_names()),
                    help="policy whose future the 'merge' panel folds into the sink (default: future)")
     p.add_argument("--output", default="masks.png", help="picture to write, .png, .svg or .pdf (default: masks.png)")
     p.add_argument("--title", help="figure title")
@@ -79,9 +79,18 @@ def prompt_layout(model: str, image: str | None, prompt: str | None) -> TokenLay
                                    mm_token_type_ids=inputs.get("mm_token_type_ids"))
 
 
+def _check_output(path: str) -> None:
+    from pathlib import Path
+
+    from .io import check_writable
+
+    check_writable(Path(path).parent, "--output")
+
+
 def run_show_mask(args: argparse.Namespace) -> int:
     from .viz import plot_mask
 
+    _check_output(args.output)
     if args.model:
         layout = prompt_layout(args.model, args.image, args.prompt)
         source = f"{args.model} prompt"
@@ -132,6 +141,7 @@ def run_attention_map(args: argparse.Namespace) -> int:
 
     if not 1 <= len(args.policy) <= 2:
         raise ValueError(f"--policy takes one or two policies to compare; got {len(args.policy)}")
+    _check_output(args.output)
     runs = [parse_policy(spec, args) for spec in args.policy]
     model, inputs, name = _model_and_inputs(args)
     maps = [attention_map(model, inputs, policy, merge=merge, layer=args.layer, head=args.head) for policy, merge in runs]

@@ -21,6 +21,7 @@ stock Gemma3 model.
 from __future__ import annotations
 
 import contextvars
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -248,6 +249,7 @@ class FutureMask:
         self.model = model
         self.policy = get_policy(policy)
         self.merge = Merge.coerce(merge)
+        self._requested_backend = backend
         self.backend = _resolve_backend(model, backend, self.merge)
         if not self.policy.is_causal:
             visual_token_ids(model.config)  # fail now, with a clear message, if visual tokens cannot be found
@@ -262,6 +264,7 @@ class FutureMask:
         self._pending: _Call | None = None
         self._original_prepare = model.prepare_inputs_for_generation
         model.prepare_inputs_for_generation = self._prepare_inputs_for_generation
+        model.__deepcopy__ = self._copy_without_policy  # copy.deepcopy looks it up on the instance
         model._futuremask = self
 
     @property
@@ -316,8 +319,21 @@ class FutureMask:
         for hook in self._hooks:
             hook.remove()
         del self.model.prepare_inputs_for_generation  # back to the class's method
+        del self.model.__deepcopy__
         self._set_impl(self._previous)
         del self.model._futuremask
+
+    def _copy_without_policy(self, memo: dict) -> Any:
+        """``copy.deepcopy(model)`` under this handle: a plain copy, the policy stays on the original only.
+
+        A copy made with the policy attached would keep its hooks and attention implementation, with
+        no handle of its own to remove them; so the policy is taken off for the copy and put back.
+        """
+        self.remove()
+        try:
+            return copy.deepcopy(self.model, memo)
+        finally:
+            self.__init__(self.model, self.policy, merge=self.merge, backend=self._requested_backend)
 
     def __enter__(self) -> FutureMask:
         return self

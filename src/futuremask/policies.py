@@ -54,10 +54,16 @@ def register_policy(name: str, *, aliases: tuple[str, ...] = ()) -> Callable[[Ov
     """Decorator adding an overlay to the registry under ``name`` (and ``aliases``)."""
 
     def add(overlay: Overlay | None) -> Overlay | None:
-        doc = (overlay.__doc__ or "").strip().splitlines()[0] if overlay is not None else "j <= i"
-        if name in _REGISTRY or name in _ALIASES:
-            raise ValueError(f"policy {name!r} is already registered")
-        _REGISTRY[name] = Policy(name=name, overlay=overlay, description=doc)
+        for key in (name, *aliases):
+            if key in _REGISTRY or key in _ALIASES:
+                raise ValueError(f"policy name {key!r} is already registered; choose another name")
+        lines = (overlay.__doc__ or "").strip().splitlines() if overlay is not None else ["j <= i"]
+        if not lines:
+            raise ValueError(
+                f"policy {name!r}: {getattr(overlay, '__name__', overlay)!r} has no docstring; give it one whose "
+                "first line says which extra pairs it allows (`futuremask policies` prints it)"
+            )
+        _REGISTRY[name] = Policy(name=name, overlay=overlay, description=lines[0])
         for alias in aliases:
             _ALIASES[alias] = name
         return overlay
@@ -112,7 +118,20 @@ def image_bidirectional(lay: TokenLayout, b: torch.Tensor, q: torch.Tensor, kv: 
     return (run[b, q] == run[b, kv]) & (run[b, q] >= 0) & lay.prompt[b, kv]
 
 
-POLICIES: tuple[str, ...] = tuple(_REGISTRY)
+def policy_names() -> tuple[str, ...]:
+    """The registered policy names, in registration order (built-in ones first)."""
+    return tuple(_REGISTRY)
+
+
+def accepted_names() -> list[str]:
+    """Every string a user may type for a policy: the names, then the aliases."""
+    return [*_REGISTRY, *_ALIASES]
+
+
+def __getattr__(name: str):
+    if name == "POLICIES":  # computed on access, so policies registered later are listed too
+        return policy_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def policy_aliases() -> dict[str, str]:
@@ -216,7 +235,7 @@ def build_mask(
     """Attention mask of a policy: bool ``[B, L, L]``, True = query ``i`` may attend key ``j``.
 
     Args:
-        policy: a name from :data:`POLICIES` (or an alias such as ``original``).
+        policy: a name from :data:`futuremask.POLICIES` (or an alias such as ``original``).
         is_visual: bool ``[L]`` or ``[B, L]``.
         attention_mask: 0/1 ``[B, L]``, 0 on padding.
         prompt_mask: bool ``[B, L]``, True on the prompt (default: all valid); the valid positions

@@ -18,6 +18,7 @@ implementation makes identical (up to ``atol`` relative to the logits' scale):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ from .checkpoint import DEFAULT_PROMPT, sample_image, sample_inputs
 from .hf import apply, continuation_logprob, with_continuation
 from .layout import TokenLayout, visual_token_ids
 from .merge import Merge
-from .policies import POLICIES, get_policy
+from .policies import get_policy, policy_names
 
 CHECKS = {
     "causal": "causal reproduces the untouched model",
@@ -98,7 +99,7 @@ class _Verifier:
         self.model, self.processor = model, processor
         self.image, self.prompt = image, prompt
         self.merge, self.backend, self.atol = merge, backend, atol
-        self.max_new_tokens = max(1, max_new_tokens)
+        self.max_new_tokens = max_new_tokens
         self.inputs = _tensor_inputs(sample_inputs(processor, image, prompt), model)
         self.layout = TokenLayout.from_inputs(
             model.config, input_ids=self.inputs["input_ids"], attention_mask=self.inputs.get("attention_mask"),
@@ -294,8 +295,9 @@ def verify(
     """
     if getattr(model, "_futuremask", None) is not None:
         raise RuntimeError("verify needs the untouched model: remove() the futuremask handle applied to it first")
+    check_settings(atol, max_new_tokens)
     merge = Merge.coerce(merge)
-    names = ["causal"] + [get_policy(p).name for p in (policies or POLICIES) if get_policy(p).name != "causal"]
+    names = ["causal"] + [get_policy(p).name for p in (policies or policy_names()) if get_policy(p).name != "causal"]
     names = list(dict.fromkeys(names))
     dtype = next(model.parameters()).dtype
     atol = atol if atol is not None else (1e-4 if dtype == torch.float32 else 3e-2)
@@ -318,6 +320,14 @@ def verify(
     return results
 
 
+def check_settings(atol: float | None, max_new_tokens: int) -> None:
+    """Refuse a tolerance below 0 (or not finite) and fewer than one greedy step, before any model work."""
+    if atol is not None and not (math.isfinite(atol) and atol >= 0):
+        raise ValueError(f"--atol must be a finite number >= 0 (a relative tolerance), got {atol}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1 (greedy steps compared), got {max_new_tokens}")
+
+
 def format_table(results: Sequence[CheckResult]) -> str:
     """The results as a fixed-width text table, one line per check, with a summary line."""
     rows = [("check", "policy", "result", "max diff", "tolerance", "detail")]
@@ -331,4 +341,4 @@ def format_table(results: Sequence[CheckResult]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CHECKS", "CheckResult", "format_table", "verify"]
+__all__ = ["CHECKS", "CheckResult", "check_settings", "format_table", "verify"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..policies import POLICIES, policy_aliases
+from ..policies import accepted_names
 from .run import PAPER_POLICIES
 from .synthetic import SyntheticSize
 
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--batch", type=int, default=1)
     r = p.add_argument_group("run")
     r.add_argument(
-        "--policies", nargs="+", default=list(PAPER_POLICIES), choices=[*POLICIES, *policy_aliases()]
+        "--policies", nargs="+", default=list(PAPER_POLICIES), choices=accepted_names()
     )
     r.add_argument(
         "--merge",

@@ -46,9 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_score(args: argparse.Namespace) -> int:
     """Score a run folder and print one line per task."""
+    from ..io import check_writable
     from .scoring import score_run
     from .summary import headline_metric
 
+    check_writable(args.result_dir, "--result-dir")
     summary = score_run(args.data_dir, args.result_dir, args.tasks, adv=args.adv)
     for run, categories in summary.items():
         for category, tasks in categories.items():
@@ -63,18 +65,21 @@ def run_score(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     """Print the Markdown report and write it (and the chart) to disk."""
-    from ..io import write_text_atomic
+    from ..io import check_writable, write_text_atomic
     from .report import build_report
 
+    output = Path(args.output) if args.output else Path(args.outputs_dir) / "report.md"
+    plot = Path(args.plot) if args.plot else Path(args.outputs_dir) / "report.png"
+    check_writable(output.parent, "--output")
+    if not args.no_plot:
+        check_writable(plot.parent, "--plot")
     text = build_report(args.outputs_dir, paper=args.paper)
     print(text)
-    output = Path(args.output) if args.output else Path(args.outputs_dir) / "report.md"
     write_text_atomic(output, text)
     print(f"wrote {output}")
     if not args.no_plot:
         from .report_plot import plot_report
 
-        plot = Path(args.plot) if args.plot else Path(args.outputs_dir) / "report.png"
         plot_report(args.outputs_dir, plot, paper=args.paper)
         print(f"wrote {plot}")
     return 0

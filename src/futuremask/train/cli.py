@@ -19,9 +19,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from ..policies import POLICIES, policy_aliases
-
-POLICY_NAMES = [*POLICIES, *policy_aliases()]  # aliases are accepted everywhere a policy name is
+from ..policies import accepted_names
 
 DEMO_TRAIN_SEED = 1  # the evaluation demo data (`futuremask eval --demo`) uses seed 0
 
@@ -53,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--model-seed", type=int, default=0, help="seed of the fresh model's initial weights")
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--policy", default="causal", choices=POLICY_NAMES, help="mask policy during training")
+    opt.add_argument("--policy", default="causal", choices=accepted_names(), help="mask policy during training")
     opt.add_argument("--merge", choices=("kernel", "lse"), help="train with the light merge instead")
     opt.add_argument("--backend", default="sdpa", choices=("sdpa", "eager", "flex", "auto"))
     opt.add_argument("--steps", type=int, default=4000)
@@ -64,12 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--padding-side", default="right", choices=("left", "right"))
 
     sweep = p.add_argument_group("policy sweep")
-    sweep.add_argument("--policies", nargs="+", choices=POLICY_NAMES,
+    sweep.add_argument("--policies", nargs="+", choices=accepted_names(),
                        help="train one model per policy (same init, data, steps) and evaluate each")
     sweep.add_argument("--eval-data-dir", help="evaluation data for the sweep")
     sweep.add_argument("--eval-demo", action="store_true", help="evaluate the sweep on the demo tasks (seed 0)")
     sweep.add_argument("--eval-samples", type=int, default=100, help="demo evaluation samples per task")
-    sweep.add_argument("--eval-policies", nargs="+", choices=POLICY_NAMES,
+    sweep.add_argument("--eval-policies", nargs="+", choices=accepted_names(),
                        default=["causal", "future", "future_v2v", "future_v2t", "mma"])
 
     p.add_argument("--out", required=True, help="output folder (checkpoint, or the sweep's folders)")
