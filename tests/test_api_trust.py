@@ -119,3 +119,17 @@ def test_unwritable_outputs_fail_with_one_line(tmp_path, capsys, monkeypatch):
     assert main(["score", "--data-dir", str(tmp_path), "--result-dir", str(run)]) == 2
     assert f"--result-dir {run}: cannot write in {run} (Permission denied); choose a writable --result-dir" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["tiny", "demo"])
+def test_chat_template_renders_a_plain_string_like_a_text_part(which):
+    from futuremask.eval.demo import load_demo_model
+    from futuremask.tiny import tiny_llava
+
+    _, processor = tiny_llava() if which == "tiny" else load_demo_model()
+    question = "what is the color ?"
+    texts = [processor.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True,
+                                           tokenize=False)
+             for c in (question, [{"type": "text", "text": question}])]
+    tokens = [processor.tokenizer.tokenize(t) for t in texts]
+    assert tokens[0] == tokens[1] == ["USER:", "what", "is", "the", "color", "?", "ASSISTANT:"]

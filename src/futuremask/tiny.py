@@ -23,7 +23,7 @@ IMAGE_TOKEN = "<image>"
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% if message['content'] is string %}{{ message['content'] }} "  # the space the parts get too
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<image> {% else %}{{ part['text'] }} {% endif %}"
     "{% endfor %}{% endif %}\n"
