@@ -146,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     rank, world = shard_from_env()
+    if world > 1:  # one line per process: the way to see that a launcher really started W of them
+        print(f"futuremask eval: process rank {rank} of {world} (samples {rank}, {rank + world}, ... of each task)",
+              file=sys.stderr, flush=True)
     output_dir = Path(args.output_dir)
     requested = args.policy or (DEMO_POLICIES if args.demo else PAPER_POLICIES)
     policies = list(dict.fromkeys(get_policy(p).name for p in requested))  # unknown names fail before any work

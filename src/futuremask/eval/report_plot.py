@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..io import write_bytes_atomic
 from .paper import PAPER_COLUMNS, PAPER_MODEL, PAPER_SCORES
-from .report import RunResult, category_means, column_labels, load_runs, ordered_tasks
+from .report import RunResult, category_means, column_labels, compare_on_shared, load_runs, ordered_tasks
 
 
 def _panel(
@@ -46,11 +46,13 @@ def _panel(
 
 
 def _model_series(runs: list[RunResult]) -> tuple[list[str], list[tuple[str, list[float | None]]], int]:
+    labels = column_labels(runs)
+    runs, _ = compare_on_shared(runs)  # the bars show what the table shows: scores on shared samples
     tasks = ordered_tasks(set().union(*(run.scores for run in runs)))
     means = category_means(runs)
     groups = tasks + [f"mean: {name}" for name in means]
     series = []
-    for col, (run, label) in enumerate(zip(runs, column_labels(runs), strict=True)):
+    for col, (run, label) in enumerate(zip(runs, labels, strict=True)):
         values = [run.scores[t][1] * 100 if t in run.scores else None for t in tasks]
         values += [vals[col] * 100 for _, vals in means.values()]
         series.append((label, values))

@@ -150,7 +150,9 @@ def score_task(task: str, annotation: dict[str, Any], predictions: list[dict[str
         rec["image_quantity_level"] = sample.get("image_quantity_level", quantity_level(len(images)))
         rec["image"] = list(images)
         # the gold answer always comes from the data: a corrected answer counts without regenerating
-        rec["gt_response"] = _check_text(sample.get("response"), "the gold answer 'response'", where)
+        if sample.get("response") is None:
+            raise ValueError(f"{where}: the sample has no gold answer 'response'")
+        rec["gt_response"] = str(sample["response"])
 
     per_level: dict[str, list[float | int]] = {level: [] for level in LEVELS}
     sample_scores: list[dict[str, str]] = []
