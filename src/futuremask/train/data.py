@@ -13,13 +13,16 @@ from typing import Any
 
 from PIL import Image
 
-from ..eval.data import load_tasks
+from ..eval.data import DataError, load_tasks
 from ..eval.prompts import build_prompt, count_image_tokens
 
 
 def _open_rgb(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
+        raise DataError(f"image {path} cannot be decoded ({type(err).__name__}: {err}); replace the file") from err
 
 
 def milebench_examples(
