@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
+
+from ..io import write_bytes_atomic
 
 PANELS = (
     ("prefill_ms", "prefill_ratio", "prefill time"),
@@ -59,14 +60,10 @@ def plot(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Pa
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.png")
-    os.close(fd)
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png", dpi=110)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    write_bytes_atomic(path, buffer.getvalue())
+    return Path(path)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..io import write_json_atomic
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -60,17 +60,8 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
 
 def write_json(path: str | Path, records: list[dict[str, Any]]) -> Path:
     """Write ``records`` as a JSON list to ``path`` atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(records, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    write_json_atomic(path, records, indent=1)
+    return Path(path)
 
 
 def main(argv: list[str] | None = None) -> int:

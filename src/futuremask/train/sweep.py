@@ -24,7 +24,7 @@ from typing import Any
 from ..eval.data import Task, load_tasks
 from ..eval.runner import RunConfig, evaluate
 from ..eval.scoring import score_run, score_task
-from ..io import write_json_atomic
+from ..io import write_json_atomic, write_text_atomic
 from .trainer import TrainConfig, save_checkpoint, train
 
 
@@ -124,10 +124,7 @@ def run_sweep(
                                   "params": sum(p.numel() for p in model.parameters())}
         result["scores"][policy] = scores
         write_json_atomic(out / "sweep.json", result, indent=2)
-    text = sweep_markdown(result)
-    tmp = out / ".sweep.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out / "sweep.md")
+    write_text_atomic(out / "sweep.md", sweep_markdown(result))
     return result
 
 
