@@ -171,6 +171,7 @@ def test_corrupt_image_fails_before_the_model_loads(ckpt, tmp_path, capsys, monk
 @pytest.mark.parametrize("args,message", [
     (["--max-new-tokens", "0"], "--max-new-tokens must be a positive integer, got 0"),
     (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    (["--limit", "0"], "--limit must be at least 1, got 0"),
     (["--model", "no/such/model"], "--model no/such/model: no such folder"),
     (["--output-dir", "FILE/out"], "is a file, not a folder; choose another --output-dir"),
     (["--demo"], "--demo runs the built-in demo VLM; drop --model"),

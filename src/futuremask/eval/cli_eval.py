@@ -133,6 +133,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--demo generates its own data; drop --data-dir, or drop --demo and pass --model")
     if not args.demo and not (args.data_dir and args.model):
         raise ValueError("futuremask eval needs --data-dir and --model (or --demo for the offline demo)")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
     if args.model:
         check_model_source(args.model)
     check_device(args.device)
@@ -157,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
         data_dir = output_dir / "demo-data"
         runs_dir = output_dir / "demo"
-        samples = args.limit or DEMO_SAMPLES
+        samples = DEMO_SAMPLES if args.limit is None else args.limit
         model_name = "demo-vlm" if DEMO_CHECKPOINT.is_dir() and (DEMO_CHECKPOINT / "config.json").exists() \
             else "tiny-llava-random"
         # one process: always fresh runs; a sharded demo resumes (its data and model are the same each time)
