@@ -6,7 +6,7 @@
 """
 
 from .attention import attention
-from .hf import BACKENDS, FutureMask, PromptSplitError, apply, continuation_logprob
+from .hf import BACKENDS, FutureMask, MissingPromptError, PromptSplitError, apply, continuation_logprob
 from .layout import TokenLayout
 from .merge import Merge
 from .policies import POLICIES, build_mask, get_policy, register_policy
@@ -19,6 +19,7 @@ __all__ = [
     "POLICIES",
     "FutureMask",
     "Merge",
+    "MissingPromptError",
     "PromptSplitError",
     "TokenLayout",
     "apply",
