@@ -159,8 +159,7 @@ class SFTCollator:
         for key in image_keys:
             parts = [r[key] for r in rows if key in r]
             batch[key] = torch.cat(parts, dim=0)
-        batch["prompt_mask"] = batch["attention_mask"].bool() & (batch["labels"] == IGNORE_INDEX)
-        return batch
+        return add_prompt_mask(batch)
 
     def _pad(self, seqs: list[torch.Tensor], width: int, value: int) -> torch.Tensor:
         out = torch.full((len(seqs), width), value, dtype=seqs[0].dtype)
@@ -172,4 +171,33 @@ class SFTCollator:
         return out
 
 
-__all__ = ["SFTCollator", "PADDING_SIDES"]
+class PromptMaskCollator:
+    """Wrap any data collator whose batches carry ``labels`` so they also carry ``prompt_mask``.
+
+    For trainers that call the model without ``labels`` (TRL with ``label_smoothing_factor > 0`` or a
+    ``compute_loss_func``; log-prob passes): the policy then still knows where the answer is.
+
+    Args:
+        collator: a callable ``examples -> dict`` with ``labels`` long ``[B, L]`` (and ``attention_mask``).
+
+    Returns (when called): the batch plus ``prompt_mask`` bool ``[B, L]`` = valid and ``labels == -100``.
+    """
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
+        return add_prompt_mask(self.collator(examples))
+
+
+def add_prompt_mask(batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` with ``prompt_mask`` bool ``[B, L]`` = valid (``attention_mask``, if any) and ``labels == -100``."""
+    if "labels" not in batch:
+        raise KeyError("a prompt_mask is derived from `labels` (-100 on the prompt); this batch has none")
+    valid = batch.get("attention_mask")
+    prompt = batch["labels"] == IGNORE_INDEX
+    batch["prompt_mask"] = prompt if valid is None else prompt & valid.bool()
+    return batch
+
+
+__all__ = ["SFTCollator", "PromptMaskCollator", "PADDING_SIDES"]
