@@ -208,6 +208,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(kwargs, reentrant):
     inputs = {k: v.to(device) for k, v in _batch(model, seed=5).items()}
     with fm.apply(model, "mma", **kwargs):
         want = _grads(model, model(**inputs).loss)
+        loss = model(**inputs).loss
+    _assert_same_grads(_grads(model, loss), want)  # no checkpointing, backward after the block
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     with fm.apply(model, "mma", **kwargs):
         loss = model(**inputs).loss
