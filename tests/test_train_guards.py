@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import draw_image, encode
 from test_hf import generate, manual_generate, policy_mask4d, stock_logits
+from test_train_semantics import _grads
 
 import futuremask as fm
 from futuremask.layout import IGNORE_INDEX
@@ -37,14 +38,6 @@ def _batch(model, seed: int = 0):
     ids[1, :2], am[1, :2], lab[1, :2] = 0, 0, IGNORE_INDEX
     return {"input_ids": ids, "attention_mask": am, "labels": lab,
             "pixel_values": torch.randn(2, 3, 32, 32, generator=g)}
-
-
-def _grads(model, loss):
-    model.zero_grad()
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    return grads
 
 
 def _assert_same_grads(got, want):
