@@ -145,7 +145,7 @@ def pin_checkpointing(model: torch.nn.Module, var: contextvars.ContextVar, confi
 
 
 def unpin_checkpointing(pinned: list) -> None:
-    """Undo :func:`pin_checkpointing` (latest first, so a layer re-pinned after a new enable gets its first original)."""
+    """Undo :func:`pin_checkpointing` (latest first: a layer pinned again after a new enable gets the function of that enable back)."""
     for layer, original in reversed(pinned):
         if isinstance(getattr(layer, "_gradient_checkpointing_func", None), Pinned):
             layer._gradient_checkpointing_func = original
