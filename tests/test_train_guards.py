@@ -143,8 +143,9 @@ def test_peft_generate_through_the_wrapper_follows_the_policy(lora, llava, promp
     want = manual_generate(lora, batch, (out.logits, out.past_key_values), steps=6)
     with fm.apply(lora, "future"), torch.no_grad():
         got = generate(lora, batch, 6)
+        static = generate(lora, batch, 6, cache_implementation="static")
         logits = lora(**batch).logits
-    assert torch.equal(got, want)
+    assert torch.equal(got, want) and torch.equal(static, want)
     valid = batch["attention_mask"].bool()
     torch.testing.assert_close(logits[valid], out.logits[valid], rtol=1e-5, atol=1e-5)
     causal = stock_logits(lora, batch).logits
