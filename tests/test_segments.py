@@ -12,6 +12,7 @@ import pytest
 import torch
 from test_attention import make_qkv, merged_weights, reference_out
 from test_policies import definition
+from test_train_semantics import _grads
 
 import futuremask as fm
 from futuremask.layout import IGNORE_INDEX
@@ -139,14 +140,6 @@ def _literal_mask(policy: str, ids, labels, img: int, starts) -> torch.Tensor:
     return torch.tensor([[literal(policy, i, j, mod, valid, prompt, starts) for j in range(n)] for i in range(n)])[
         None, None
     ]
-
-
-def _grads(model, loss):
-    model.zero_grad()
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    return grads
 
 
 def _packed(model, n_samples: int, turns: int, seed: int):

@@ -6,7 +6,7 @@
 """
 
 from .attention import attention
-from .hf import BACKENDS, FutureMask, PromptSplitError, apply, continuation_logprob
+from .hf import BACKENDS, FutureMask, MissingPromptError, PromptSplitError, apply, continuation_logprob
 from .layout import TokenLayout
 from .merge import Merge
 from .policies import build_mask, get_policy, policy_names, register_policy
@@ -25,6 +25,7 @@ __all__ = [
     "POLICIES",
     "FutureMask",
     "Merge",
+    "MissingPromptError",
     "PromptSplitError",
     "TokenLayout",
     "apply",

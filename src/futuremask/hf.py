@@ -30,6 +30,15 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, flex_attention_mask, sdpa_mask
 
+from .hf_train import (
+    MissingPromptError,
+    check_training_call,
+    guard_wrapper,
+    pin_checkpointing,
+    unguard_wrapper,
+    unpin_checkpointing,
+    unwrap,
+)
 from .kernels import eager_attention, flex_attention, merge_attention, sdpa_attention
 from .kernels.rows import FutureRows
 from .layout import PER_TOKEN_KEYS, TokenLayout, visual_token_ids
@@ -246,6 +255,7 @@ class FutureMask:
     def __init__(self, model, policy: str | Policy, merge: Merge | str | None = None, backend: str = "auto"):
         if getattr(model, "_futuremask", None) is not None:
             raise RuntimeError("futuremask is already applied to this model; call .remove() on that handle first")
+        model, self.wrapper = unwrap(model)
         self.model = model
         self.policy = get_policy(policy)
         self.merge = Merge.coerce(merge)
@@ -256,16 +266,24 @@ class FutureMask:
         _register()
         self._previous = _text_config(model)._attn_implementation
         self._set_impl(IMPL_PREFIX + self.backend)
-        self._hooks = [
-            model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
-            model.register_forward_hook(self._after_forward, always_call=True),
-        ]
+        self._hooks = []
+        for target in (model, self.wrapper):
+            if target is not None:
+                self._hooks += [
+                    target.register_forward_pre_hook(self._before_forward, with_kwargs=True),
+                    target.register_forward_hook(self._after_forward, always_call=True),
+                ]
         self._tokens: list[contextvars.Token] = []
         self._pending: _Call | None = None
+        self._pinned: list = []
+        self._warned_empty = False
         self._original_prepare = model.prepare_inputs_for_generation
         model.prepare_inputs_for_generation = self._prepare_inputs_for_generation
         model.__deepcopy__ = self._copy_without_policy  # copy.deepcopy looks it up on the instance
         model._futuremask = self
+        if self.wrapper is not None:
+            guard_wrapper(self.wrapper)
+            self.wrapper.__dict__["_futuremask"] = self
 
     @property
     def is_plain_causal(self) -> bool:
@@ -279,6 +297,11 @@ class FutureMask:
             self.model.set_attn_implementation(name)
 
     def _before_forward(self, module, args, kwargs):
+        active = _ACTIVE.get()
+        if active is not None and active.handle is self:  # the wrapper's call reaching the model it holds
+            kwargs.pop("prompt_mask", None)
+            self._tokens.append(_ACTIVE.set(active))
+            return args, kwargs
         attention_mask = kwargs.get("attention_mask")
         prepared, self._pending = self._pending, None
         if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2):
@@ -290,6 +313,9 @@ class FutureMask:
             call = prepared  # generate() with a static cache made the mask before forward
         else:
             call = _Call(handle=self, inputs=_layout_inputs(args, kwargs))
+            check_training_call(self, module, call.inputs, lambda: call.layout)
+        if module.training and torch.is_grad_enabled():
+            self._pinned += pin_checkpointing(self.model, _ACTIVE, _text_config(self.model), IMPL_PREFIX + self.backend)
         kwargs.pop("prompt_mask", None)
         self._tokens.append(_ACTIVE.set(call))
         return args, kwargs
@@ -318,10 +344,14 @@ class FutureMask:
             return
         for hook in self._hooks:
             hook.remove()
+        unpin_checkpointing(self._pinned)
         del self.model.prepare_inputs_for_generation  # back to the class's method
         del self.model.__deepcopy__
         self._set_impl(self._previous)
         del self.model._futuremask
+        if self.wrapper is not None:
+            unguard_wrapper(self.wrapper)
+            self.wrapper.__dict__.pop("_futuremask", None)
 
     def _copy_without_policy(self, memo: dict) -> Any:
         """``copy.deepcopy(model)`` under this handle: a plain copy, the policy stays on the original only.
@@ -350,15 +380,19 @@ def apply(model, policy: str, merge: Merge | str | None = None, backend: str = "
     """Run ``model``'s prompt pass under ``policy``; decoding stays causal with the KV cache.
 
     Args:
-        model: a transformers model (a VLM, or its text backbone).
+        model: a transformers model (a VLM, or its text backbone), or a wrapper holding one (a PEFT
+            ``PeftModel``, anything with ``get_base_model()``): ``forward`` and ``generate`` on the
+            wrapper then follow the policy too; its ``merge_and_unload()`` is refused until ``remove()``.
         policy: a name from :data:`futuremask.POLICIES`.
         merge: a :class:`Merge` (or kind name) to fold the future into the sink instead of attending it.
         backend: ``"auto"`` (flex on CUDA, sdpa otherwise), ``"sdpa"``, ``"eager"`` or ``"flex"``.
 
     Returns:
         A :class:`FutureMask` handle; ``handle.remove()`` (or leaving its ``with`` block) restores the model.
-        A forward call may pass ``prompt_mask=`` (bool ``[B, L]``) to set the prompt region explicitly;
-        with ``labels`` the prompt stops at the first supervised token.
+        A forward call may pass ``prompt_mask=`` (bool ``[B, L]``, True on the prompt) to set the
+        supervised positions explicitly; with ``labels`` they are the labelled ones. Each supervised
+        token and each packed sequence starts a new segment (DESIGN §2). A training forward (training
+        mode, gradients on) under a non-causal policy with neither raises :class:`MissingPromptError`.
     """
     return FutureMask(model, policy, merge=merge, backend=backend)
 
@@ -472,4 +506,4 @@ def continuation_logprob(
     return (token_logp * keep).sum(dim=1)
 
 
-__all__ = ["FutureMask", "PromptSplitError", "apply", "continuation_logprob", "BACKENDS"]
+__all__ = ["FutureMask", "MissingPromptError", "PromptSplitError", "apply", "continuation_logprob", "BACKENDS"]

@@ -1,11 +1,12 @@
 """Supervised fine-tuning under a mask policy: the collator, the Trainer recipe, the policy sweep.
 
-``futuremask.apply(model, policy)`` already makes a forward pass with ``labels`` train correctly: the
-prompt region is every position before the first supervised label, so the answer never reaches a
-visual row. This package adds the data side (:class:`SFTCollator`, MileBench examples) and the
+``futuremask.apply(model, policy)`` already makes a forward pass with ``labels`` train correctly: every
+supervised token starts a new segment, so the answer never reaches a visual row. A training forward
+without labels needs ``prompt_mask``: :class:`SFTCollator` emits it, :class:`PromptMaskCollator` adds it
+to any other collator's batches (TRL's, for example). This package adds the data side (:class:`SFTCollator`, MileBench examples) and the
 ``futuremask train`` command. Submodules import transformers lazily.
 """
 
-from .collator import SFTCollator
+from .collator import PromptMaskCollator, SFTCollator
 
-__all__ = ["SFTCollator"]
+__all__ = ["PromptMaskCollator", "SFTCollator"]

@@ -10,8 +10,10 @@ An *example* is a mapping with
 
 :class:`SFTCollator` renders the prompt with the processor's chat template and the generation prompt,
 renders the answer as the template writes an assistant turn, and returns a batch whose labels are
--100 on the prompt and on padding. Under ``futuremask.apply(model, policy)`` the model call then
-derives the prompt region from those labels: the policy's extra visibility never reaches the answer.
+-100 on the prompt and on padding, and a ``prompt_mask`` (True on the prompt). Under
+``futuremask.apply(model, policy)`` the model call takes the prompt region from ``prompt_mask`` (or,
+when a trainer drops it, from the labels): the policy's extra visibility never reaches the answer,
+even in a forward without labels.
 Image tensors of all rows are concatenated in row order, as LLaVA-style models consume them.
 """
 
@@ -41,7 +43,8 @@ class SFTCollator:
 
     Calling it on a list of examples (raw, or already passed through :meth:`encode`) returns a dict
     of tensors: ``input_ids``, ``attention_mask`` long ``[B, L]``; ``labels`` long ``[B, L]`` (-100 on
-    prompt and padding); ``pixel_values`` float ``[N_images, 3, H, W]`` (all rows' images in row order)
+    prompt and padding); ``prompt_mask`` bool ``[B, L]`` (True on the valid prompt positions);
+    ``pixel_values`` float ``[N_images, 3, H, W]`` (all rows' images in row order)
     and any other per-image tensors the processor returns, concatenated the same way.
     """
 
@@ -156,7 +159,7 @@ class SFTCollator:
         for key in image_keys:
             parts = [r[key] for r in rows if key in r]
             batch[key] = torch.cat(parts, dim=0)
-        return batch
+        return add_prompt_mask(batch)
 
     def _pad(self, seqs: list[torch.Tensor], width: int, value: int) -> torch.Tensor:
         out = torch.full((len(seqs), width), value, dtype=seqs[0].dtype)
@@ -168,4 +171,33 @@ class SFTCollator:
         return out
 
 
-__all__ = ["SFTCollator", "PADDING_SIDES"]
+class PromptMaskCollator:
+    """Wrap any data collator whose batches carry ``labels`` so they also carry ``prompt_mask``.
+
+    For trainers that call the model without ``labels`` (TRL with ``label_smoothing_factor > 0`` or a
+    ``compute_loss_func``; log-prob passes): the policy then still knows where the answer is.
+
+    Args:
+        collator: a callable ``examples -> dict`` with ``labels`` long ``[B, L]`` (and ``attention_mask``).
+
+    Returns (when called): the batch plus ``prompt_mask`` bool ``[B, L]`` = valid and ``labels == -100``.
+    """
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
+        return add_prompt_mask(self.collator(examples))
+
+
+def add_prompt_mask(batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` with ``prompt_mask`` bool ``[B, L]`` = valid (``attention_mask``, if any) and ``labels == -100``."""
+    if "labels" not in batch:
+        raise KeyError("a prompt_mask is derived from `labels` (-100 on the prompt); this batch has none")
+    valid = batch.get("attention_mask")
+    prompt = batch["labels"] == IGNORE_INDEX
+    batch["prompt_mask"] = prompt if valid is None else prompt & valid.bool()
+    return batch
+
+
+__all__ = ["SFTCollator", "PromptMaskCollator", "PADDING_SIDES"]

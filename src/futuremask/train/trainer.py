@@ -1,9 +1,9 @@
 """Supervised fine-tuning under a mask policy with Hugging Face ``Trainer``.
 
 The recipe is the ordinary one: a :class:`~futuremask.train.collator.SFTCollator` makes batches with
-labels on the answer only, ``Trainer`` runs the optimisation, and the model's forward runs inside
-``futuremask.apply(model, policy)``. The prompt region of every training row is derived from its
-labels, so the policy's extra visibility (e.g. ``mma``: image tokens see the question after them)
+labels on the answer only (and the matching ``prompt_mask``), ``Trainer`` runs the optimisation, and
+the model's forward runs inside ``futuremask.apply(model, policy)``. The supervised positions of every
+training row come from its ``prompt_mask`` / labels, so the policy's extra visibility (e.g. ``mma``: image tokens see the question after them)
 never reaches an answer token. Train and serve with the same policy.
 """
 
