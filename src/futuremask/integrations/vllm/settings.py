@@ -1,0 +1,110 @@
+"""What an engine asked for (``hf_overrides``) and the engine settings a policy needs; no vLLM import.
+
+A policy is chosen per engine by two keys of the model config, set with ``hf_overrides`` (``LLM(...)``)
+or ``--hf-overrides`` (``vllm serve``): ``futuremask_policy`` (a policy name or alias) and, optionally,
+``futuremask_merge`` (a kind name such as ``"lse"``, or a dict of :class:`futuremask.Merge` fields).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ...layout import visual_token_ids
+from ...merge import Merge
+from ...policies import Policy, get_policy
+
+POLICY_KEY = "futuremask_policy"
+MERGE_KEY = "futuremask_merge"
+CPU_WORKER = "futuremask.integrations.vllm.worker.FutureMaskCPUWorker"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The policy and merge of one engine, read from its model config."""
+
+    policy: Policy
+    merge: Merge | None
+
+    @property
+    def active(self) -> bool:
+        """False when nothing differs from the stock engine (no policy, or ``causal`` without merge)."""
+        return not (self.policy.is_causal and self.merge is None)
+
+    @classmethod
+    def from_hf_config(cls, hf_config: Any) -> Settings:
+        """Read ``futuremask_policy`` / ``futuremask_merge`` from a (vLLM-overridden) HF config."""
+        merge = _merge(getattr(hf_config, MERGE_KEY, None))
+        policy = get_policy(getattr(hf_config, POLICY_KEY, None) or "causal")
+        settings = cls(policy=policy, merge=merge)
+        if settings.active:
+            visual_token_ids(hf_config)  # fail at start-up, with a clear message, if visual tokens cannot be found
+        return settings
+
+
+def _merge(value: Any) -> Merge | None:
+    if isinstance(value, dict):
+        try:
+            return Merge(**value)
+        except TypeError as e:
+            raise ValueError(f"{MERGE_KEY}={value!r}: {e}; the keys are those of futuremask.Merge") from e
+    if value is None or isinstance(value, str):
+        return Merge.coerce(value)
+    raise ValueError(f"{MERGE_KEY} must be a kind name ('kernel', 'lse', 'none') or a dict; got {value!r}")
+
+
+def check_engine(settings: Settings, vllm_config: Any) -> None:
+    """Refuse, at start-up, engine settings that would split a prompt or change its keys.
+
+    Chunked prefill and prefix caching feed a prompt in several passes; the policy needs the whole
+    prompt in one pass (DESIGN §3). A quantized KV cache would make the recomputed prompt rows read
+    other keys than the decoding steps.
+    """
+    if not settings.active:
+        return
+    scheduler, cache = vllm_config.scheduler_config, vllm_config.cache_config
+    problems = []
+    if scheduler.enable_chunked_prefill:
+        problems.append("chunked prefill is on (enable_chunked_prefill=False / --no-enable-chunked-prefill)")
+    if getattr(scheduler, "long_prefill_token_threshold", 0):
+        problems.append("long_prefill_token_threshold cuts long prompts (set it to 0)")
+    if cache.enable_prefix_caching:
+        problems.append("prefix caching is on (enable_prefix_caching=False / --no-enable-prefix-caching)")
+    if cache.cache_dtype != "auto":
+        problems.append(f"kv_cache_dtype={cache.cache_dtype!r} (use 'auto')")
+    if problems:
+        raise ValueError(
+            f"futuremask policy {settings.policy.name!r} needs the whole prompt in one pass, but "
+            + "; ".join(problems)
+            + ". futuremask.integrations.vllm.engine_kwargs(policy) gives the settings."
+        )
+
+
+def engine_kwargs(
+    policy: str, merge: Merge | str | None = None, hf_overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` (and ``EngineArgs``) that serve ``policy`` exactly.
+
+    Args:
+        policy: a name from :data:`futuremask.POLICIES` (aliases work).
+        merge: a :class:`futuremask.Merge`, a kind name (``"kernel"``, ``"lse"``) or None.
+        hf_overrides: other config overrides of yours, merged with the futuremask keys.
+
+    Returns:
+        ``hf_overrides`` with the futuremask keys and, unless the engine is the stock one (``causal``
+        without merge), ``worker_cls`` (the worker that tells the attention backend each request's
+        prompt), ``enable_chunked_prefill=False`` and ``enable_prefix_caching=False``.
+
+    Example:
+        >>> from vllm import LLM                                        # doctest: +SKIP
+        >>> llm = LLM("llava-hf/llava-1.5-7b-hf", **engine_kwargs("future_v2v"))  # doctest: +SKIP
+    """
+    settings = Settings(policy=get_policy(policy), merge=Merge.coerce(merge))
+    overrides = dict(hf_overrides or {})
+    overrides[POLICY_KEY] = settings.policy.name
+    if settings.merge is not None:
+        overrides[MERGE_KEY] = asdict(settings.merge)
+    kwargs: dict[str, Any] = {"hf_overrides": overrides}
+    if settings.active:
+        kwargs.update(worker_cls=CPU_WORKER, enable_chunked_prefill=False, enable_prefix_caching=False)
+    return kwargs
