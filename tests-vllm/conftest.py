@@ -11,11 +11,10 @@ import os
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import vllm  # noqa: E402,F401  (fail, never skip, without vLLM)
-from PIL import Image  # noqa: E402
+from cases import all_references  # noqa: E402
 
 from futuremask.integrations.vllm import engine_kwargs  # noqa: E402
 from futuremask.tiny import tiny_llava  # noqa: E402
@@ -30,24 +29,15 @@ ENGINE = dict(
 )
 
 
-def draw_image(seed: int, size: int = 32) -> Image.Image:
-    """A deterministic random RGB image."""
-    rng = np.random.RandomState(seed)
-    return Image.fromarray((rng.rand(size, size, 3) * 255).astype("uint8"))
-
-
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-    """``(model, processor, path)``: a random tiny LLaVA (head_dim 32, as vLLM's CPU kernel needs), saved.
-
-    vLLM's Transformers backend patches transformers' model classes when an engine starts, so any
-    Hugging Face reference must be computed before the first engine (see test_parity's ``references``).
-    """
+    """``(path, references)``: a random tiny LLaVA (head_dim 32, as vLLM's CPU kernel needs), saved, and
+    the Hugging Face results of every case (cases.all_references), computed before any engine starts."""
     model, processor = tiny_llava(hidden_size=128, num_heads=4, num_kv_heads=2, vision_hidden_size=64, seed=1)
     path = tmp_path_factory.mktemp("tiny-llava")
     model.save_pretrained(path)
     processor.save_pretrained(path)
-    return model, processor, str(path)
+    return str(path), all_references(model, processor)
 
 
 def make_engine(path: str, policy: str, merge=None, **overrides) -> vllm.LLM:

@@ -22,12 +22,22 @@ from vllm.v1.attention.backends.cpu_attn import (
 from .prefill import attend, plan_step
 from .settings import CPU_WORKER, Settings
 
-_RUNNER: list[Any] = []  # the model runner of this worker process (one per process)
+_RUNNER: list[Any] = []  # the model runner of the last FutureMaskCPUWorker of this process
 
 
 def publish_runner(runner: Any) -> None:
     """Called by :class:`~.worker.FutureMaskCPUWorker` once its model runner exists."""
     _RUNNER[:] = [runner]
+
+
+def runner_for(vllm_config: Any, policy: str) -> Any:
+    """The model runner of the engine of ``vllm_config``; never one left by another engine of the process."""
+    if not _RUNNER or _RUNNER[0].vllm_config is not vllm_config:
+        raise ValueError(
+            f"futuremask policy {policy!r} needs worker_cls={CPU_WORKER!r} (it tells the attention backend "
+            "where each prompt ends); start the engine with futuremask.integrations.vllm.engine_kwargs(policy)"
+        )
+    return _RUNNER[0]
 
 
 class FutureMaskCPUMetadataBuilder(CPUAttentionMetadataBuilder):
@@ -37,18 +47,13 @@ class FutureMaskCPUMetadataBuilder(CPUAttentionMetadataBuilder):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         self.futuremask = Settings.from_hf_config(vllm_config.model_config.hf_config)
         self.hf_config = vllm_config.model_config.hf_config
-        if self.futuremask.active and not _RUNNER:
-            raise ValueError(
-                f"futuremask policy {self.futuremask.policy.name!r} needs worker_cls={CPU_WORKER!r} (it tells the "
-                "attention backend where each prompt ends); start the engine with "
-                "futuremask.integrations.vllm.engine_kwargs(policy)"
-            )
+        self.runner = runner_for(vllm_config, self.futuremask.policy.name) if self.futuremask.active else None
 
     def build(self, common_prefix_len, common_attn_metadata, fast_build: bool = False):
         metadata = super().build(common_prefix_len, common_attn_metadata, fast_build)
         prompts = []
         if not self.futuremask.policy.is_causal:
-            batch = _RUNNER[0].input_batch
+            batch = self.runner.input_batch
             rows = common_attn_metadata.num_reqs
             prompts = plan_step(
                 self.futuremask.policy,

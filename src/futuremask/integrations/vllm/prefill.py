@@ -19,7 +19,7 @@ from ...kernels import merge_attention, sdpa_attention
 from ...kernels.rows import FutureRows
 from ...layout import TokenLayout, modality_from_ids
 from ...merge import Merge
-from ...policies import MaskMod, Policy, and_masks, causal_mod, dense_mask, or_masks, overlay_mod
+from ...policies import MaskMod, Policy, and_masks, causal_mod, dense_mask, overlay_mod
 
 
 def _later(b, h, q, kv):
