@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
+.venv-vllm/bin/ruff check tests-vllm
 .venv-vllm/bin/python -m pytest tests-vllm -q -p no:cacheprovider -p no:logging "$@"
