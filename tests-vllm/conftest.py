@@ -12,7 +12,6 @@ import os
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 import vllm  # noqa: E402,F401  (fail, never skip, without vLLM)
 from cases import all_references  # noqa: E402
 
@@ -51,4 +50,3 @@ def close(llm) -> None:
     llm.llm_engine.engine_core.shutdown()
     del llm
     gc.collect()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
