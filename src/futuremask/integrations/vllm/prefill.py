@@ -26,6 +26,10 @@ def _later(b, h, q, kv):
     return kv > q
 
 
+def _never(b, h, q, kv):
+    return torch.zeros((), dtype=torch.bool, device=q.device)
+
+
 def window_mod(window: int) -> MaskMod:
     """The model's own mask of a layer: causal, and ``i - j < window`` when ``window > 0``."""
     if window <= 0:
@@ -49,7 +53,8 @@ class PromptPass:
 
     def future(self, policy: Policy) -> MaskMod:
         """The policy's extra pairs after the query (the model's own mask covers the past)."""
-        return and_masks(overlay_mod(policy, self.layout), _later)
+        overlay = overlay_mod(policy, self.layout)
+        return _never if overlay is None else and_masks(overlay, _later)
 
     def masks(self, policy: Policy, window: int) -> tuple[torch.Tensor, torch.Tensor]:
         """bool ``[1, 1, L, L]`` base (the layer's own mask) and future keys, made once per step and window."""
