@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import futuremask as fm
-from futuremask.eval import runner
+from futuremask.eval import prompt_styles, runner
 from futuremask.eval.data import load_tasks
 from futuremask.eval.demo import DEMO_WORDS, generate_demo_data
 from futuremask.eval.runner import RunConfig, evaluate, run_name
@@ -96,16 +96,16 @@ def test_policies_change_predictions(reference, tasks):
 
 def test_batching_equals_batch_size_one(reference, model_and_processor, tasks, tmp_path, monkeypatch):
     model, processor = model_and_processor
-    real = runner._model_inputs
+    real = prompt_styles.chat_inputs
     padded: list[int] = []
 
-    def spy(model, processor, prompts):
-        inputs = real(model, processor, prompts)
+    def spy(processor, prompts):
+        inputs = real(processor, prompts)
         padded.append(int((inputs["attention_mask"] == 0).sum()))
         assert (inputs["attention_mask"][:, -1] == 1).all()  # left padding
         return inputs
 
-    monkeypatch.setattr(runner, "_model_inputs", spy)
+    monkeypatch.setattr(prompt_styles, "chat_inputs", spy)
     evaluate(model, processor, tasks, ["causal", "future"], tmp_path, _config(batch_size=4))
     assert sum(p > 0 for p in padded) >= 4  # several batches really mixed prompt lengths
     assert _tree(tmp_path) == _tree(reference)
@@ -116,11 +116,11 @@ def test_interrupted_run_resumes_to_the_same_files(reference, model_and_processo
     real = runner.generate_batch
     calls: list[int] = []
 
-    def crash_after_four(model, processor, prompts, gen_kwargs):
+    def crash_after_four(model, processor, prompts, gen_kwargs, **style):
         if len(calls) == 4:
             raise KeyboardInterrupt
         calls.append(len(prompts))
-        return real(model, processor, prompts, gen_kwargs)
+        return real(model, processor, prompts, gen_kwargs, **style)
 
     monkeypatch.setattr(runner, "generate_batch", crash_after_four)
     with pytest.raises(KeyboardInterrupt):
@@ -134,9 +134,9 @@ def test_interrupted_run_resumes_to_the_same_files(reference, model_and_processo
 
     counted: list[int] = []
 
-    def count(model, processor, prompts, gen_kwargs):
+    def count(model, processor, prompts, gen_kwargs, **style):
         counted.append(len(prompts))
-        return real(model, processor, prompts, gen_kwargs)
+        return real(model, processor, prompts, gen_kwargs, **style)
 
     monkeypatch.setattr(runner, "generate_batch", count)
     evaluate(model, processor, tasks, ["causal", "future"], tmp_path, _config(batch_size=2))

@@ -1,7 +1,9 @@
 """MileBench data on disk: task discovery, groups, loading and validation.
 
 A task lives in ``<data_dir>/<Task>/<Task>.json`` (or ``<Task>-adv.json``) with its images under
-``<data_dir>/<Task>/images/``. Loading validates everything a run needs *before* anything is generated
+``<data_dir>/<Task>/images/``. MileBench's combined mode (``combine=N``) reads ``<Task>_combined_N.json``
+(``<Task>.json`` for N = 1) and the images of ``task_instance["combined_N_images"]`` under
+``<data_dir>/<Task>/combined_N_images/``, as the official ``generate.py`` does. Loading validates everything a run needs *before* anything is generated
 or written, and every problem is a :class:`DataError` that names the file and the sample.
 Images are checked with a cheap header read (the format must be one PIL decodes); a :class:`Sample`
 only holds their paths.
@@ -41,7 +43,7 @@ class Sample:
     sample_id: Any  # as in the file (int-like); the key of pred.json records
     instruction: str
     context: str
-    image_paths: list[str]  # <data_dir>/<Task>/images/<p>, in the file's order
+    image_paths: list[str]  # <data_dir>/<Task>/images/<p> (combined: combined_N_images/<p>), in order
     response: str
     choice_list: list[str] | None
     raw: dict = field(repr=False, default_factory=dict)
@@ -87,26 +89,33 @@ def file_fingerprints(annotation: dict) -> dict[int, str]:
     return out
 
 
-def task_file(data_dir: str | os.PathLike, task: str, adv: bool = False) -> Path:
-    """``<data_dir>/<task>/<task>.json`` (``<task>-adv.json`` with ``adv``)."""
+def task_file(data_dir: str | os.PathLike, task: str, adv: bool = False, combine: int | None = None) -> Path:
+    """``<data_dir>/<task>/<task>.json`` (``<task>-adv.json`` with ``adv``, ``<task>_combined_N.json`` with
+    ``combine=N`` > 1)."""
+    if adv and combine:
+        raise DataError("the adversarial files have no combined-images variant; use --adv or --combine-images")
+    if combine and combine != 1:
+        return Path(data_dir) / task / f"{task}_combined_{combine}.json"
     return Path(data_dir) / task / (f"{task}-adv.json" if adv else f"{task}.json")
 
 
-def available_tasks(data_dir: str | os.PathLike, adv: bool = False) -> list[str]:
+def available_tasks(data_dir: str | os.PathLike, adv: bool = False, combine: int | None = None) -> list[str]:
     """Task folders of ``data_dir`` that hold their task file, sorted by name."""
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"data dir {str(root)!r} does not exist; pass --data-dir with the MileBench folder")
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and task_file(root, p.name, adv).is_file())
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and task_file(root, p.name, adv, combine).is_file())
 
 
-def resolve_tasks(data_dir: str | os.PathLike, tasks: list[str] | None = None, adv: bool = False) -> list[str]:
+def resolve_tasks(
+    data_dir: str | os.PathLike, tasks: list[str] | None = None, adv: bool = False, combine: int | None = None
+) -> list[str]:
     """Expand task names and groups (``temporal``, ``semantic``, ``diagnostic``, ``all``) into task names.
 
     ``all`` (the default) is every task folder present. A group keeps the tasks of that group that are
     present. A task named explicitly must be present.
     """
-    present = available_tasks(data_dir, adv)
+    present = available_tasks(data_dir, adv, combine)
     try:
         names = expand_task_names(tasks, present)
     except LookupError as err:
@@ -115,7 +124,7 @@ def resolve_tasks(data_dir: str | os.PathLike, tasks: list[str] | None = None, a
     for name in names:
         if name not in present:
             raise DataError(
-                f"task {name!r}: {str(task_file(data_dir, name, adv))!r} not found; tasks present: "
+                f"task {name!r}: {str(task_file(data_dir, name, adv, combine))!r} not found; tasks present: "
                 f"{', '.join(present) or 'none'}; groups: {', '.join(TASK_GROUPS)}, all"
             )
     if not names:
@@ -157,7 +166,9 @@ def _norm(text: str) -> str:
     return " ".join(str(text).split()).lower()
 
 
-def _sample(path: Path, task: str, index: int, raw: Any, instructions: list[str], question_type: str) -> Sample:
+def _sample(
+    path: Path, task: str, index: int, raw: Any, instructions: list[str], question_type: str, combine: int | None
+) -> Sample:
     if not isinstance(raw, dict) or "sample_id" not in raw:
         raise _fail(path, f"sample #{index}", "not an object with a 'sample_id'")
     sid = raw["sample_id"]
@@ -181,6 +192,13 @@ def _sample(path: Path, task: str, index: int, raw: Any, instructions: list[str]
             raise _fail(path, where, f"placeholder {{{kind}#{k}}} but the sample has {len(images)} image(s) "
                                      "(placeholders are 1-based indices into images_path)")
     image_dir = path.parent / "images"
+    if combine:
+        key = f"combined_{combine}_images"
+        images = inst.get(key)
+        if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
+            raise _fail(path, where, f"--combine-images {combine} needs task_instance.{key} (a list of file names; "
+                                     "MileBench's data/combine_images.py writes it)")
+        image_dir = path.parent / key
     full = [str(image_dir / p) for p in images]
     for name, p in zip(images, full, strict=True):
         if not os.path.isfile(p):
@@ -208,14 +226,16 @@ def _sample(path: Path, task: str, index: int, raw: Any, instructions: list[str]
                   image_paths=full, response=response, choice_list=choices, raw=raw)
 
 
-def load_task(data_dir: str | os.PathLike, task: str, limit: int | None = None, adv: bool = False) -> Task:
-    """Load and validate one task (its first ``limit`` samples when given).
+def load_task(
+    data_dir: str | os.PathLike, task: str, limit: int | None = None, adv: bool = False, combine: int | None = None
+) -> Task:
+    """Load and validate one task (its first ``limit`` samples when given; combined images with ``combine``).
 
     Raises:
         DataError: malformed JSON, a missing image, a placeholder index out of range, a multiple-choice
             answer not among its choices, a duplicate sample_id, ...; the message names file and sample.
     """
-    path = task_file(data_dir, task, adv)
+    path = task_file(data_dir, task, adv, combine)
     if not path.is_file():
         raise DataError(f"{path}: task file not found")
     payload = _read_json(path)
@@ -238,7 +258,7 @@ def load_task(data_dir: str | os.PathLike, task: str, limit: int | None = None, 
         records = records[:limit]
     samples, seen = [], set()
     for index, raw in enumerate(records):
-        sample = _sample(path, task, index, raw, instructions, question_type)
+        sample = _sample(path, task, index, raw, instructions, question_type, combine)
         key = int(sample.sample_id)
         if key in seen:
             raise _fail(path, f"sample {sample.sample_id!r} (#{index})", "duplicate sample_id")
@@ -249,10 +269,15 @@ def load_task(data_dir: str | os.PathLike, task: str, limit: int | None = None, 
 
 
 def load_tasks(
-    data_dir: str | os.PathLike, tasks: list[str] | None = None, limit: int | None = None, adv: bool = False
+    data_dir: str | os.PathLike,
+    tasks: list[str] | None = None,
+    limit: int | None = None,
+    adv: bool = False,
+    combine: int | None = None,
 ) -> list[Task]:
     """Resolve names/groups and load every task, validating all of them before returning."""
-    return [load_task(data_dir, name, limit=limit, adv=adv) for name in resolve_tasks(data_dir, tasks, adv)]
+    names = resolve_tasks(data_dir, tasks, adv, combine)
+    return [load_task(data_dir, name, limit=limit, adv=adv, combine=combine) for name in names]
 
 
 __all__ = [

@@ -36,12 +36,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io import FolderLock, read_json, write_json_atomic
-from .data import DataError, Sample, Task
-from .prompts import Prompt, build_prompt, count_image_tokens
+from .data import Sample, Task
+from .prompt_styles import PromptSettings, get_style, load_images
+from .prompts import Prompt, count_image_tokens
 
 DEFAULT_CONTEXT_LEN = 4096  # the paper's budget for LLaVA-1.5 (capped by the model's positions)
 SETTINGS_KEYS = ("model", "policy", "merge", "backend", "max_new_tokens", "max_context_len",
-                 "tokens_per_image", "adv", "gen_kwargs")
+                 "tokens_per_image", "adv", "gen_kwargs", "prompt_style", "image_aspect", "combine_images")
 
 
 # --- names and files ---------------------------------------------------------------------------------
@@ -90,43 +91,11 @@ def _ordered(task: Task, done: dict[int, dict]) -> list[dict]:
 # --- generation ---------------------------------------------------------------------------------------
 
 
-def _load_images(paths: Sequence[str]):
-    from PIL import Image
-
-    images = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
-        except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
-            raise DataError(f"image {p} cannot be decoded ({type(err).__name__}: {err}); replace the file "
-                            "and run the same command again (finished batches are kept)") from err
-    return images
-
-
-def _model_inputs(model, processor, prompts: Sequence[Prompt]) -> dict:
-    tokenizer = getattr(processor, "tokenizer", processor)
-    tokenizer.padding_side = "left"
-    texts = [p.text for p in prompts]
-    images = [_load_images(p.image_paths) for p in prompts]
-    bos = getattr(tokenizer, "bos_token", None)
-    add_special = not (bos and all(t.startswith(bos) for t in texts))
-    kwargs = dict(text=texts, padding=True, return_tensors="pt", add_special_tokens=add_special)
-    if any(images):
-        kwargs["images"] = images
-    inputs = processor(**kwargs)
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) if torch.is_tensor(v) else v
-            for k, v in inputs.items()}
-
-
 @torch.no_grad()
-def generate_batch(model, processor, prompts: Sequence[Prompt], gen_kwargs: dict) -> list[str]:
-    """Greedy answers for a batch of prompts (left padded), decoded without special tokens and stripped."""
-    inputs = _model_inputs(model, processor, prompts)
-    out = model.generate(**inputs, **gen_kwargs)
-    new = out[:, inputs["input_ids"].shape[1]:]
-    return [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
+def generate_batch(model, processor, prompts: Sequence[Prompt], gen_kwargs: dict, style: str = "chat",
+                   settings: PromptSettings | None = None) -> list[str]:
+    """Greedy answers for a batch of prompts in a prompt style, decoded without special tokens and stripped."""
+    return get_style(style).generate(model, processor, prompts, gen_kwargs, settings)
 
 
 def _batches(prompts: list[Prompt], batch_size: int) -> list[list[Prompt]]:
@@ -151,7 +120,10 @@ class RunConfig:
     max_new_tokens: int = 512
     max_context_len: int | None = None  # None: min(4096, the model's max positions)
     tokens_per_image: int | None = None  # None: measured with the processor on each task's first image
-    adv: bool = False
+    adv: bool = False  # scored against <Task>-adv.json (generation always reads <Task>.json, as the official code)
+    prompt_style: str = "chat"  # a name of futuremask.eval.prompt_styles.STYLES
+    image_aspect: str | None = None  # milebench style: pad | processor (resolved from the checkpoint's config)
+    combine_images: int | None = None  # milebench style: the dataset's combined mode
     batch_size: int = 1
     overwrite: bool = False
     progress: bool = True
@@ -188,10 +160,11 @@ def shard_from_env() -> tuple[int, int]:
     return rank, world
 
 
-def _context_len(model, config: RunConfig) -> int:
+def context_len(model_config, config: RunConfig) -> int:
+    """The run's truncation budget: ``config.max_context_len``, else min(4096, the model's positions)."""
     if config.max_context_len is not None:
         return config.max_context_len
-    text = getattr(model.config, "text_config", None) or model.config
+    text = getattr(model_config, "text_config", None) or model_config
     return min(DEFAULT_CONTEXT_LEN, int(getattr(text, "max_position_embeddings", DEFAULT_CONTEXT_LEN)))
 
 
@@ -335,13 +308,21 @@ def _wait_for_shards(task_dir: Path, world: int, timeout_s: float) -> None:
         time.sleep(1.0)
 
 
-def _generate(model, processor, task: Task, todo: list[Sample], task_dir: Path, config: RunConfig, bar) -> None:
+def prompt_settings(model_config, processor, task: Task, config: RunConfig) -> PromptSettings:
+    """The truncation budget and image handling of ``task``'s prompts (tokens per image measured with the
+    processor on the task's first image when the run does not name it)."""
     tokens_per_image = config.tokens_per_image
     if tokens_per_image is None:
         first = next((p for s in task.samples for p in s.image_paths), None)
-        tokens_per_image = count_image_tokens(processor, _load_images([first])[0]) if first else 0
-    budget = _context_len(model, config)
-    prompts = [build_prompt(s, processor, budget, tokens_per_image) for s in todo]
+        tokens_per_image = count_image_tokens(processor, load_images([first])[0]) if first else 0
+    return PromptSettings(max_context_len=context_len(model_config, config), tokens_per_image=tokens_per_image,
+                          image_aspect=config.image_aspect or "processor", combine_images=config.combine_images)
+
+
+def _generate(model, processor, task: Task, todo: list[Sample], task_dir: Path, config: RunConfig, bar) -> None:
+    settings = prompt_settings(model.config, processor, task, config)
+    style = get_style(config.prompt_style)
+    prompts = [style.build(s, processor, settings) for s in todo]
     part_dir = _partial_dir(task_dir, config.rank if config.world_size > 1 else None)
     part_dir.mkdir(parents=True, exist_ok=True)
     counter = len(list(part_dir.glob("part-*.json")))
@@ -350,7 +331,7 @@ def _generate(model, processor, task: Task, todo: list[Sample], task_dir: Path, 
         bar = _progress(len(prompts), f"{config.policy} {task.name}", config)
     try:
         for batch in _batches(prompts, config.batch_size):
-            answers = generate_batch(model, processor, batch, config.gen_kwargs)
+            answers = generate_batch(model, processor, batch, config.gen_kwargs, style=style.name, settings=settings)
             records = [_record(p, a, config) for p, a in zip(batch, answers, strict=True)]
             while (part_dir / f"part-{counter:05d}.json").exists():
                 counter += 1
@@ -441,7 +422,7 @@ def evaluate(
         with RunClaim(output_dir, config, policies, tasks) as own:
             return evaluate(model, processor, tasks, policies, output_dir, config, own)
     runs = []
-    resolved = replace(config, max_context_len=_context_len(model, config))
+    resolved = replace(config, max_context_len=context_len(model.config, config))
     for policy, run_dir in zip(policies, claim.dirs, strict=True):
         cfg = replace(resolved, policy=policy)
         _prepare_run_dir(run_dir, cfg, tasks)
@@ -458,5 +439,5 @@ def evaluate(
     return runs
 
 
-__all__ = ["RunClaim", "RunConfig", "check_run_dir", "evaluate", "generate_batch", "model_slug", "remaining",
-           "run_dirs", "run_name", "run_task", "shard_from_env"]
+__all__ = ["RunClaim", "RunConfig", "check_run_dir", "context_len", "evaluate", "generate_batch", "model_slug",
+           "prompt_settings", "remaining", "run_dirs", "run_name", "run_task", "shard_from_env"]
