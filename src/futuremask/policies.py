@@ -99,7 +99,7 @@ def future_v2v(lay: TokenLayout, b: torch.Tensor, q: torch.Tensor, kv: torch.Ten
     return lay.visual[b, q] & lay.visual[b, kv] & lay.prompt[b, kv]
 
 
-@register_policy("future_v2t")
+@register_policy("future_v2t", aliases=("aki",))
 def future_v2t(lay: TokenLayout, b: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
     """M^v2t: visual queries see the text tokens of the whole prompt."""
     return lay.visual[b, q] & ~lay.visual[b, kv] & lay.prompt[b, kv]

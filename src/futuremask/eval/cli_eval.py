@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+from . import cli_style
 
 DEMO_POLICIES = ("causal", "future", "future_v2v", "future_v2t", "mma")
 PAPER_POLICIES = ["causal", "future", "future_v2v", "future_v2t"]
@@ -39,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=["auto", "sdpa", "eager", "flex"], default="auto")
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                    help="task names and/or groups: temporal, semantic, diagnostic, all (default: all present)")
-    p.add_argument("--adv", action="store_true", help="use the adversarial <Task>-adv.json files")
+    p.add_argument("--adv", action="store_true",
+                   help="score against the adversarial <Task>-adv.json files (generation reads <Task>.json, as the "
+                        "official code does)")
     p.add_argument("--limit", type=int, default=None, help="only the first N samples of each task")
     p.add_argument("--batch-size", type=int, default=None, help="samples per generate() call (default 1; demo 8)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 512 (the paper's); demo 8")
@@ -54,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="regenerate instead of resuming existing predictions")
     p.add_argument("--no-score", action="store_true", help="only generate pred.json files")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    cli_style.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -86,6 +92,25 @@ def load_model(model_id: str, dtype: str = "auto", device: str = "auto"):
         raise ValueError(f"--model {model_id}: cannot load it ({str(err).splitlines()[0]}); pass a checkpoint "
                          "folder, or a hub id that is downloadable or cached") from err
     return model.to(device).eval(), processor
+
+
+def load_processor_and_config(model_id: str):
+    """``(processor, config)`` of a local path or hub id, without the weights (``--dry-run``)."""
+    from transformers import AutoConfig, AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(model_id), AutoConfig.from_pretrained(model_id)
+    except OSError as err:  # as load_model: no such hub id, offline without a cached copy
+        raise ValueError(f"--model {model_id}: cannot load its processor and config ({str(err).splitlines()[0]})"
+                         "; pass a checkpoint folder, or a hub id that is downloadable or cached") from err
+
+
+def _check_adv_files(data_dir: Path, tasks) -> None:
+    from .data import DataError, task_file
+
+    absent = [str(task_file(data_dir, t.name, adv=True)) for t in tasks if not task_file(data_dir, t.name, True).is_file()]
+    if absent:
+        raise DataError(f"--adv scores against <Task>-adv.json, not found: {', '.join(absent)}")
 
 
 def _wait_for_demo_data(data_dir: Path, samples: int, timeout_s: float = 600.0) -> None:
@@ -141,12 +166,26 @@ def _check_args(args: argparse.Namespace) -> None:
     check_writable(args.output_dir)
 
 
+def _dry_run(processor, model_config, tasks, data_dir: Path, runs_dir: Path, policies, config) -> int:
+    from .dry_run import write_prompts
+    from .runner import context_len, run_name
+
+    config.max_context_len = context_len(model_config, config)
+    if config.rank == 0:
+        run_dirs = [runs_dir / run_name(config.model, p, config.merge) for p in policies]
+        files = write_prompts(processor, model_config, tasks, data_dir, run_dirs, config)
+        print(f"wrote {len(files)} prompts.jsonl file(s) under {runs_dir} (no weights loaded, nothing generated)",
+              file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..policies import get_policy
     from .data import load_tasks
     from .runner import RunClaim, RunConfig, evaluate, shard_from_env
 
     _check_args(args)
+    cli_style.check(args)
     rank, world = shard_from_env()
     if world > 1:  # one line per process: the way to see that a launcher really started W of them
         print(f"futuremask eval: process rank {rank} of {world} (samples {rank}, {rank + world}, ... of each task)",
@@ -183,7 +222,18 @@ def run(args: argparse.Namespace) -> int:
             _wait_for_demo_data(data_dir, samples)
         tasks = load_tasks(data_dir, args.tasks)
     else:
-        tasks = load_tasks(data_dir, args.tasks, limit=args.limit, adv=args.adv)  # validates before any write
+        # validates before any write; generation reads <Task>.json even with --adv, as the official code
+        tasks = load_tasks(data_dir, args.tasks, limit=args.limit, combine=args.combine_images)
+        if args.adv:
+            _check_adv_files(data_dir, tasks)
+    # the style options come from the config, read before the weights load (the demo's config names no aspect)
+    processor, model_config = (None, None) if args.demo else load_processor_and_config(args.model)
+    config = replace(config, **cli_style.run_options(args, model_config))
+    if args.dry_run:
+        if args.demo:
+            model, processor = load_demo_model()
+            model_config = model.config
+        return _dry_run(processor, model_config, tasks, data_dir, runs_dir, policies, config)
     with RunClaim(runs_dir, config, policies, tasks) as claim:  # locked and checked before the model loads
         if args.demo:
             model, processor = load_demo_model()
