@@ -77,3 +77,19 @@ def test_with_video_mma_also_lets_images_and_videos_see_each_other():
             assert only_aki == set() and only_mma == want
             cross += sum(mod[i] != 0 for i, _ in want)
     assert cross > 10
+
+
+def test_every_command_accepts_aki_as_future_v2t():
+    from futuremask.cli import build_parser
+
+    parse = build_parser().parse_args
+
+    def resolved(names):
+        return [fm.get_policy(n).name for n in names]
+
+    train = parse(["train", "--policy", "aki", "--policies", "aki", "original", "--eval-policies", "aki", "--out", "x"])
+    assert resolved([train.policy]) == ["future_v2t"] and resolved(train.policies) == ["future_v2t", "causal"]
+    assert resolved(train.eval_policies) == ["future_v2t"]
+    assert resolved(parse(["bench", "--policies", "aki"]).policies) == ["future_v2t"]
+    assert resolved([parse(["show-mask", "--merge-policy", "aki"]).merge_policy]) == ["future_v2t"]
+    assert resolved(parse(["verify", "--model", "m", "--policy", "aki"]).policy) == ["future_v2t"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from .layout import TokenLayout
 from .merge import MERGE_KINDS, POOLS, Merge
-from .policies import accepted_names, get_policy, policy_names
+from .policies import accepted_names, get_policy
 from .viz import DEFAULT_PANELS, MERGE_PANEL, parse_layout, spans
 
 DEFAULT_LAYOUT = "T4 V16 T6 V16 T8"
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     panels = [*accepted_names(), MERGE_PANEL]
     p.add_argument("--policy", nargs="+", choices=panels, default=list(DEFAULT_PANELS), metavar="NAME",
                    help=f"panels to draw (default: {' '.join(DEFAULT_PANELS)}); any of {', '.join(panels)}")
-    p.add_argument("--merge-policy", default="future", choices=list(policy_names()),
+    p.add_argument("--merge-policy", default="future", choices=accepted_names(),
                    help="policy whose future the 'merge' panel folds into the sink (default: future)")
     p.add_argument("--output", default="masks.png", help="picture to write, .png, .svg or .pdf (default: masks.png)")
     p.add_argument("--title", help="figure title")
