@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .milebench_style import IMAGE_ASPECTS, image_aspect
-from .prompt_styles import STYLES
+from .prompt_styles import STYLES, get_style
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,13 +32,13 @@ def check(args: argparse.Namespace) -> None:
         if missing:
             raise ValueError(f"--prompt-style milebench needs {' and '.join(missing)}: the official code ships no "
                              "default (the paper's LLaVA-1.5 runs: --max-context-len 4096 --tokens-per-image 576)")
-        if (args.batch_size or 1) != 1:
-            raise ValueError("--prompt-style milebench generates one sample per call, as the official worker; "
-                             "drop --batch-size")
     else:
         for flag, value in (("--image-aspect", args.image_aspect), ("--combine-images", args.combine_images)):
             if value is not None:
                 raise ValueError(f"{flag} belongs to the official protocol; add --prompt-style milebench")
+    if get_style(args.prompt_style).one_sample_per_call and (args.batch_size or 1) != 1:
+        raise ValueError(f"--prompt-style {args.prompt_style} generates one sample per call, as the official "
+                         "worker; drop --batch-size")
     if args.combine_images is not None and args.combine_images < 1:
         raise ValueError(f"--combine-images must be at least 1, got {args.combine_images}")
     if args.combine_images and args.adv:
