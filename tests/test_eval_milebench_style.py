@@ -275,6 +275,14 @@ def test_milebench_style_refuses_what_the_official_code_leaves_open(tree, checkp
                  "--dry-run", "--output-dir", str(tmp_path)]) == 2
     assert "add --prompt-style milebench" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything was written
+    no_weights = tmp_path / "no-weights"  # a real run refuses before it loads the weights
+    no_weights.mkdir()
+    for f in checkpoint.iterdir():
+        if not f.name.endswith(".safetensors"):
+            (no_weights / f.name).write_bytes(f.read_bytes())
+    assert main(["eval", "--data-dir", str(tree), "--model", str(no_weights), "--prompt-style", "milebench",
+                 "--max-context-len", "4096", "--tokens-per-image", "576", "--output-dir", str(tmp_path)]) == 2
+    assert "no image_aspect_ratio" in capsys.readouterr().err
 
 
 def test_chat_style_dry_run_writes_the_processor_ids(tree, checkpoint, tmp_path):
