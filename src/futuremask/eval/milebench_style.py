@@ -57,8 +57,8 @@ def combined_question(sample: Sample, tokenizer, max_context_len: int, tokens_pe
     """The dataset's combined-images prompt: ``<ImageHere>`` per combined image, a newline, the instruction,
     a newline and the left-truncated context whose placeholders read ``<Image k> ``.
 
-    The official code asserts one combined image per sample; with k > 1 this puts k slots, as its
-    commented-out line intends.
+    The official code asserts one combined image per sample (and stops otherwise); with k > 1 combined
+    images this puts one slot per image, so that every image has its slot.
     """
     context = sample.context
     if sample.choice_list is not None:
