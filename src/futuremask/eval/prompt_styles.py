@@ -132,6 +132,8 @@ def _milebench_encode(processor, prompt: Prompt, settings: PromptSettings) -> di
 
 @torch.no_grad()
 def _milebench_generate(model, processor, prompts: Sequence[Prompt], gen_kwargs: dict, settings: PromptSettings):
+    if settings is None:
+        raise ValueError("the milebench style needs its PromptSettings (the image aspect among them)")
     tokenizer = getattr(processor, "tokenizer", processor)
     answers = []
     for prompt in prompts:  # one sample per generate call, as the worker
