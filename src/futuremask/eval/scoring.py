@@ -14,7 +14,8 @@ Layout of a run (written by the runner, or by any tool)::
 The data come from ``<data_dir>/<Task>/<Task>.json`` (``<Task>-adv.json`` with ``adv=True``); the gold
 answers are always the data's (a ``gt_response`` in ``pred.json`` is ignored). When the run's
 ``run.json`` records sample fingerprints, every prediction must match its sample's fingerprint in
-the data, so predictions made on other data are never scored against this data. Every task is
+the data it was generated on (``<Task>.json``, also with ``adv``: the official code generates from it),
+so predictions made on other data are never scored against this data. Every task is
 scored in memory first; files are written (atomically) only when all requested tasks succeed.
 """
 
@@ -296,7 +297,8 @@ def score_run(
         for task in bar:  # the bar closes before an error propagates, so messages are not interleaved
             annotation = load_annotation(data_dir, task, adv)
             predictions = load_predictions(result_dir, task)
-            _check_fingerprints(task, annotation, predictions, recorded.get(task), result_dir)
+            generated_on = load_annotation(data_dir, task) if adv else annotation  # -adv: made on <Task>.json
+            _check_fingerprints(task, generated_on, predictions, recorded.get(task), result_dir)
             results.append(score_task(task, annotation, predictions))
     for scores in results:
         write_task_scores(result_dir, scores)
