@@ -31,7 +31,7 @@ def test_paired_bootstrap_equals_a_literal_loop_over_the_documented_draws():
 
     assert got.delta == pytest.approx(sum(policy) / 6 - sum(causal) / 6)
     assert got.low == pytest.approx(quantile(0.025)) and got.high == pytest.approx(quantile(0.975))
-    assert got.n == 6 and got.p_mcnemar is None  # ROUGE-like scores: no McNemar
+    assert got.n == 6 and got.p_mcnemar is None  # McNemar only when asked (accuracy tasks)
 
 
 def test_paired_bootstrap_matches_the_enumerated_bootstrap_distribution():
@@ -93,7 +93,8 @@ def test_mcnemar_equals_the_exact_binomial_test_of_the_discordant_pairs(wins, lo
     causal = [0] * wins + [1] * losses + [1] * 4 + [0] * 3
     want = 1.0 if wins + losses == 0 else _binomial_two_sided(wins, losses)
     assert stats.mcnemar_exact(policy, causal) == pytest.approx(want, rel=1e-12)
-    assert stats.paired_bootstrap(policy, causal, resamples=10).p_mcnemar == pytest.approx(want, rel=1e-12)
+    got = stats.paired_bootstrap(policy, causal, resamples=10, mcnemar=True)
+    assert got.p_mcnemar == pytest.approx(want, rel=1e-12)
 
 
 def test_mcnemar_floor_is_six_net_wins_at_five_percent():
@@ -112,5 +113,7 @@ def test_bad_input_is_refused():
         stats.paired_bootstrap([], [])
     with pytest.raises(ValueError, match="0/1"):
         stats.mcnemar_exact([0.5], [1])
+    with pytest.raises(ValueError, match="0/1"):
+        stats.paired_bootstrap([0.5], [1], mcnemar=True)
     with pytest.raises(ValueError, match="resamples"):
         stats.paired_bootstrap([1], [0], resamples=0)

@@ -84,6 +84,7 @@ def paired_bootstrap(
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     level: float = LEVEL,
+    mcnemar: bool = False,
 ) -> Delta:
     """The change of the mean against ``baseline`` with its paired percentile-bootstrap interval.
 
@@ -92,16 +93,17 @@ def paired_bootstrap(
             sample order.
         resamples: number of bootstrap resamples; seed: the generator's seed (module docstring).
         level: coverage of the interval.
+        mcnemar: also compute McNemar's exact p-value (an accuracy task: every score 0 or 1).
 
     Returns:
-        A :class:`Delta`; ``p_mcnemar`` is set when every score is 0 or 1.
+        A :class:`Delta`.
     """
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
     d = _differences(scores, baseline)
     idx = np.random.default_rng(seed).integers(0, d.size, size=(resamples, d.size))
     low, high = _interval(d[idx].mean(axis=1), level)
-    p = mcnemar_exact(scores, baseline) if _is_binary(scores, baseline) else None
+    p = mcnemar_exact(scores, baseline) if mcnemar else None
     return Delta(float(d.mean()), low, high, int(d.size), p)
 
 
