@@ -102,6 +102,15 @@ def test_mcnemar_floor_is_six_net_wins_at_five_percent():
     assert stats.mcnemar_from_counts(5, 0) > 0.05 >= stats.mcnemar_from_counts(6, 0)
 
 
+@pytest.mark.parametrize("net", [3, 6, 7, 10, 16])
+def test_max_discordant_is_the_largest_significant_split(net):
+    significant = [m for m in range(net, 200, 2) if _binomial_two_sided((m + net) // 2, (m - net) // 2) <= 0.05]
+    want = max(significant) if significant else None
+    assert stats.max_discordant(net) == want
+    if want is not None:  # p grows with the discordant count: everything below is significant too
+        assert significant == list(range(net, want + 1, 2))
+
+
 def test_detectable_difference_is_the_normal_half_width():
     assert stats.detectable_difference(200, 0.1) == pytest.approx(1.959964 * math.sqrt(0.1 / 200))
 

@@ -15,8 +15,8 @@ baseline are scored on the same samples, and the statistic is the per-sample dif
 * :func:`mcnemar_exact` -- for 0/1 scores (accuracy tasks): the two-sided exact McNemar p-value, the
   binomial test of the ``b`` discordant pairs the policy wins against the ``c`` it loses, with
   ``p = 0.5``: ``min(1, 2 * sum_{k <= min(b, c)} C(b + c, k) / 2^(b + c))``.
-* :func:`mcnemar_floor` and :func:`detectable_difference` -- what a task of ``n`` samples can resolve
-  at all (see ``docs/choosing.md``).
+* :func:`mcnemar_floor`, :func:`max_discordant` and :func:`detectable_difference` -- what a task of
+  ``n`` samples can resolve at all (see ``docs/choosing.md``).
 """
 
 from __future__ import annotations
@@ -165,6 +165,22 @@ def mcnemar_floor(alpha: float = 1 - LEVEL) -> int:
     return k
 
 
+def max_discordant(net_wins: int, alpha: float = 1 - LEVEL) -> int | None:
+    """The most discordant pairs a net gain of ``net_wins`` samples may come with and still reach ``alpha``.
+
+    A gain of ``k`` net samples is ``b - c = k`` with ``b + c = m`` discordant pairs; McNemar's p grows
+    with ``m``. Returns the largest such ``m`` with ``p <= alpha``, or None when even ``m = k`` (no loss)
+    is not significant (``k`` below :func:`mcnemar_floor`).
+    """
+    k = abs(int(net_wins))
+    if mcnemar_from_counts(k, 0) > alpha:
+        return None
+    m = k
+    while mcnemar_from_counts((m + 2 + k) // 2, (m + 2 - k) // 2) <= alpha:
+        m += 2
+    return m
+
+
 def detectable_difference(n: int, discordant: float, *, z: float = 1.959964) -> float:
     """Half-width of the normal-approximation 95 % interval of a paired accuracy change on ``n`` samples.
 
@@ -183,6 +199,7 @@ __all__ = [
     "Delta",
     "detectable_difference",
     "mcnemar_exact",
+    "max_discordant",
     "mcnemar_floor",
     "mcnemar_from_counts",
     "paired_bootstrap",
