@@ -95,7 +95,8 @@ def test_choice_rule_keeps_causal_for_ties_and_wins_within_noise():
     scores = {"T": {BASELINE: base, Candidate("future"): [1, 1] + base[2:],  # one net win: noise
                     Candidate("mma"): base}}  # a tie
     cands = [BASELINE, Candidate("future"), Candidate("mma")]
-    assert choose(scores, cands, resamples=2000)["T"].chosen == BASELINE
+    noise = choose(scores, cands, resamples=2000)["T"]
+    assert noise.chosen == BASELINE and noise.argmax == Candidate("future")  # the argmax would take the noise
     strong = {"T": {BASELINE: base, Candidate("future"): [1] * 20, Candidate("mma"): [1] * 20}}
     got = choose(strong, cands, accuracy={"T": True}, resamples=2000)["T"]
     assert got.chosen == Candidate("future")  # equal wins: the one listed first
@@ -146,6 +147,7 @@ def test_a_held_out_only_signal_does_not_change_the_choice(monkeypatch, model_an
     find = loud["tasks"]["DemoFind"]
     assert find["dev"]["mma"]["delta"] == pytest.approx(odd) and find["dev"]["mma"]["significant"]
     assert find["heldout_map_vs_causal"]["delta"] == 0.0 and not find["heldout_map_vs_causal"]["significant"]
+    assert loud["tasks"]["DemoColor"]["dev_argmax"] == {"policy": "causal", "merge": None}  # a dev tie
 
 
 def test_runs_hold_only_their_split(monkeypatch, model_and_processor, data, tmp_path):

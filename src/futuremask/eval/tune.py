@@ -12,13 +12,15 @@ The procedure (``futuremask tune``), in this order:
    *eligible* when its interval lies above 0; the eligible candidate with the largest change wins, ties
    going to the one listed first; with no eligible candidate the task keeps ``causal`` (so ties and
    wins within noise are ``causal``). The *best single policy* is the candidate with the highest dev
-   mean over tasks (ties: listed first, ``causal`` first of all). ``policy_map.json`` is written now,
-   before any held-out prediction exists.
+   mean over tasks (ties: listed first, ``causal`` first of all). For comparison only, the *dev argmax*
+   of each task is its candidate with the highest dev mean, significant or not (ties: listed first).
+   ``policy_map.json`` is written now, before any held-out prediction exists.
 4. **Held-out runs.** ``causal`` and the best single policy on every task, and each task's chosen
-   candidate on that task, on the held-out samples only (``<out>/heldout/<run>/``).
+   candidate and dev argmax on that task, on the held-out samples only (``<out>/heldout/<run>/``).
 5. **Report** (``tune.json``, ``tune.md``): per task the dev evidence and the held-out change of the
-   chosen candidate; overall the held-out mean of the map against ``causal`` and against the best
-   single policy, with intervals that resample within each task.
+   chosen candidate and of the dev argmax; overall the held-out mean of the map against ``causal``,
+   against the best single policy and against the dev-argmax map, with intervals that resample within
+   each task.
 """
 
 from __future__ import annotations
@@ -124,11 +126,12 @@ def _scores(data_dir, run_dir: Path, task: Task, ids: Sequence[str], adv: bool) 
 
 @dataclass(frozen=True)
 class Choice:
-    """A task's choice: the winner, why, and every candidate's dev change against causal."""
+    """A task's choice: the winner, why, the dev argmax, and every candidate's dev change against causal."""
 
     chosen: Candidate
     reason: str
     dev: dict[str, Delta]  # candidate label -> change against causal on dev
+    argmax: Candidate  # the highest dev mean, significant or not
 
 
 def choose(
@@ -154,7 +157,8 @@ def choose(
             reason = f"+{deltas[best].delta * 100:.2f} on dev, interval above 0"
         else:
             best, reason = BASELINE, "no candidate's dev interval lies above 0"
-        out[task] = Choice(best, reason, {c.label: d for c, d in deltas.items()})
+        argmax = max(cands, key=lambda c: 0.0 if c == BASELINE else deltas[c].delta)
+        out[task] = Choice(best, reason, {c.label: d for c, d in deltas.items()}, argmax)
     return out
 
 
@@ -211,7 +215,7 @@ def tune(
 
     wanted: dict[Candidate, list[Task]] = {}
     for name, ch in choices.items():
-        for cand in dict.fromkeys([BASELINE, single, ch.chosen]):
+        for cand in dict.fromkeys([BASELINE, single, ch.chosen, ch.argmax]):
             wanted.setdefault(cand, []).append(_subset(by_name[name], split[name][1]))
     held_runs = _run(model, processor, wanted, out / "heldout", config)
     held = {c: {t.name: _scores(data_dir, held_runs[c], by_name[t.name], split[t.name][1], config.adv)
@@ -230,25 +234,35 @@ def tune(
 def _summary(choices, single, held, dev_runs, held_runs, split, accuracy, resamples, seed) -> dict[str, Any]:
     tasks, per_task = list(choices), {}
     map_scores = {t: held[choices[t].chosen][t] for t in tasks}
+    argmax_scores = {t: held[choices[t].argmax][t] for t in tasks}
     for t in tasks:
         ch = choices[t]
-        change = paired_bootstrap(map_scores[t], held[BASELINE][t], resamples=resamples, seed=seed,
-                                  mcnemar=accuracy[t])
+
+        def change(scores, t=t):
+            return paired_bootstrap(scores, held[BASELINE][t], resamples=resamples, seed=seed,
+                                    mcnemar=accuracy[t]).to_dict()
+
         per_task[t] = {
-            "chosen": ch.chosen.to_dict(), "reason": ch.reason,
+            "chosen": ch.chosen.to_dict(), "reason": ch.reason, "dev_argmax": ch.argmax.to_dict(),
             "dev": {label: d.to_dict() for label, d in ch.dev.items()},
             "n_dev": len(split[t][0]), "n_heldout": len(split[t][1]),
             "heldout_causal": _mean(held[BASELINE][t]), "heldout_map": _mean(map_scores[t]),
-            "heldout_map_vs_causal": change.to_dict(),
+            "heldout_map_vs_causal": change(map_scores[t]),
+            "heldout_argmax_vs_causal": change(argmax_scores[t]),
         }
-    strat = {"resamples": resamples, "seed": seed}
+
+    def versus(a, b):
+        return stratified_bootstrap([(a[t], b[t]) for t in tasks], resamples=resamples, seed=seed).to_dict()
+
     overall = {
         "best_single": single.to_dict(),
-        "heldout_mean": {"map": _avg(map_scores), "causal": _avg(held[BASELINE]), "best_single": _avg(held[single])},
-        "map_vs_causal": stratified_bootstrap([(map_scores[t], held[BASELINE][t]) for t in tasks], **strat).to_dict(),
-        "map_vs_best_single": stratified_bootstrap([(map_scores[t], held[single][t]) for t in tasks], **strat).to_dict(),
-        "best_single_vs_causal": stratified_bootstrap(
-            [(held[single][t], held[BASELINE][t]) for t in tasks], **strat).to_dict(),
+        "heldout_mean": {"map": _avg(map_scores), "causal": _avg(held[BASELINE]), "best_single": _avg(held[single]),
+                         "dev_argmax": _avg(argmax_scores)},
+        "map_vs_causal": versus(map_scores, held[BASELINE]),
+        "map_vs_best_single": versus(map_scores, held[single]),
+        "best_single_vs_causal": versus(held[single], held[BASELINE]),
+        "map_vs_dev_argmax": versus(map_scores, argmax_scores),
+        "dev_argmax_vs_causal": versus(argmax_scores, held[BASELINE]),
     }
     runs = {"dev": {c.label: str(p) for c, p in dev_runs.items()},
             "heldout": {c.label: str(p) for c, p in held_runs.items()}}
@@ -278,12 +292,14 @@ def tune_markdown(result: Mapping[str, Any]) -> str:
         f"Model `{s['model']}`; dev fraction {s['dev_fraction']}, seed {s['seed']}, {s['resamples']} bootstrap "
         "resamples. Changes in points against `causal` with 95% paired bootstrap intervals; * = the interval "
         "excludes 0. The choice uses dev scores only.", "",
-        "| Task | n dev / held-out | chosen | why | held-out change (map vs causal) |", "|---|---|---|---|---|",
+        "| Task | n dev / held-out | chosen | why | held-out change (map vs causal) | dev argmax | its held-out change |",
+        "|---|---|---|---|---|---|---|",
     ]
     for task, row in result["tasks"].items():
-        chosen = Candidate(**row["chosen"]).label
+        chosen, argmax = Candidate(**row["chosen"]).label, Candidate(**row["dev_argmax"]).label
         lines.append(f"| {task} | {row['n_dev']} / {row['n_heldout']} | {chosen} | {row['reason']} | "
-                     f"{_delta_text(row['heldout_map_vs_causal'])} |")
+                     f"{_delta_text(row['heldout_map_vs_causal'])} | {argmax} | "
+                     f"{_delta_text(row['heldout_argmax_vs_causal'])} |")
     mean = o["heldout_mean"]
     lines += [
         "", "Dev changes against causal per candidate:", "",
@@ -294,10 +310,13 @@ def tune_markdown(result: Mapping[str, Any]) -> str:
         lines.append(f"| {task} | " + " | ".join(_delta_text(d) for d in row["dev"].values()) + " |")
     lines += [
         "", f"Held-out mean over tasks: map {mean['map'] * 100:.2f}, causal {mean['causal'] * 100:.2f}, "
-        f"best single policy on dev (`{label}`) {mean['best_single'] * 100:.2f}.", "",
+        f"best single policy on dev (`{label}`) {mean['best_single'] * 100:.2f}, dev-argmax map "
+        f"{mean['dev_argmax'] * 100:.2f}.", "",
         f"* map vs causal: {_delta_text(o['map_vs_causal'])}",
         f"* map vs best single (`{label}`): {_delta_text(o['map_vs_best_single'])}",
         f"* best single vs causal: {_delta_text(o['best_single_vs_causal'])}",
+        f"* dev-argmax map (no significance rule) vs causal: {_delta_text(o['dev_argmax_vs_causal'])}",
+        f"* map vs dev-argmax map: {_delta_text(o['map_vs_dev_argmax'])}",
         "", "Category-level intervals resample each task's samples within the task.",
     ]
     return "\n".join(lines) + "\n"
