@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import encode
-from test_hf import generate, manual_generate
-from transformers import AttentionInterface
+from test_hf import LayerwiseReference, generate, manual_generate
 
 import futuremask as fm
 from futuremask.layers import describe_layers, parse_layers, resolve_layers
@@ -27,7 +26,7 @@ def batch3(llava3, prompts):
     return encode(processor, [prompts["two_images"][0], prompts["image_first"][0]], [2, 1])
 
 
-class PerLayerDense:
+class PerLayerDense(LayerwiseReference):
     """A stock SDPA attention that gives layer ``i`` the dense mask ``fm.build_mask(policy_of(i))``.
 
     Decoding steps (one query) attend the whole cache, as the stock model does.
@@ -53,15 +52,6 @@ class PerLayerDense:
             mask = fm.build_mask(policy, self.is_visual, attention_mask=self.attention_mask)[:, None]
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
         return out.transpose(1, 2).contiguous(), None
-
-    def __enter__(self):
-        AttentionInterface.register(self.name, self)
-        self.previous = self.model.config.text_config._attn_implementation
-        self.model.set_attn_implementation({"text_config": self.name})
-        return self
-
-    def __exit__(self, *exc):
-        self.model.set_attn_implementation({"text_config": self.previous})
 
 
 def _logits(model, inputs, **kw):
