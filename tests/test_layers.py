@@ -125,3 +125,32 @@ def test_layer_specs_parse_and_bad_ones_are_refused(llava3):
     assert not hasattr(model, "_futuremask")  # a refused schedule leaves the model untouched
     assert repr(fm.apply(model, "mma", layers=[1])).startswith("FutureMask(policy='mma', layers='1'")
     model._futuremask.remove()
+
+
+def test_gradient_checkpointing_recomputes_each_layer_with_its_own_mask(llava3, batch3):
+    """Recomputation runs outside the forward call: the schedule must travel with the mask itself."""
+    model, _ = llava3
+    labels = batch3["input_ids"].clone()
+    labels[:, :-3] = -100
+
+    def loss_and_grads(checkpointing, layers):
+        model.zero_grad()
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        try:
+            with fm.apply(model, "future", layers=layers):
+                loss = model(**batch3, labels=labels, use_cache=False).loss
+                loss.backward()
+        finally:
+            model.gradient_checkpointing_disable()
+            model.eval()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        model.zero_grad()
+        return loss.detach(), grads
+
+    plain_loss, plain = loss_and_grads(False, [1])
+    loss, grads = loss_and_grads(True, [1])
+    assert torch.equal(loss, plain_loss) and (grads - plain).abs().max() <= 1e-6
+    _, everywhere = loss_and_grads(False, None)
+    assert (plain - everywhere).abs().max() > 1e-3  # the schedule changes the gradients

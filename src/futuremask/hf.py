@@ -74,7 +74,7 @@ class _Call:
     handle: FutureMask
     inputs: dict[str, Any]
     prefill: _Prefill | None = None
-    causal_masks: dict[int, tuple[Any, Any]] = field(default_factory=dict)  # id(policy mask) -> (it, causal)
+    scheduled: bool = False  # a prompt mask of this call carries a layer schedule (_keep_causal)
     _layout: TokenLayout | None = None
 
     @property
@@ -142,27 +142,44 @@ def _make_mask_builder(backend: str):
     return build
 
 
+_SCHEDULE_ATTR = "_futuremask_schedule"
+
+
 def _keep_causal(call: _Call, mask, causal):
-    """With a layer schedule, remember the model's own mask beside the policy's, for the causal layers."""
+    """With a layer schedule, attach ``(layers, the model's own mask)`` to the policy's mask.
+
+    The pair travels with the mask object itself, so a layer recomputed by gradient checkpointing,
+    outside the forward call, still picks the right one.
+    """
     if call.handle.layers is not None:
-        call.causal_masks[id(mask)] = (mask, causal)
+        setattr(mask, _SCHEDULE_ATTR, (call.handle.layers, causal))
+        call.scheduled = True
     return mask
 
 
 def _layer_mask(module, attention_mask):
     """The mask for this layer: the policy's on scheduled layers, the model's own causal mask elsewhere."""
-    call = _ACTIVE.get()
-    if call is None or not call.causal_masks or call.handle.on_layer(module):
-        return attention_mask
-    mask, causal = call.causal_masks.get(id(attention_mask), (None, None))
-    if mask is not attention_mask:
-        if attention_mask is not None and getattr(attention_mask, "shape", (0,) * 4)[-2] > 1:
+    schedule = getattr(attention_mask, _SCHEDULE_ATTR, None)
+    if schedule is None:
+        call = _ACTIVE.get()
+        if call is not None and call.scheduled and getattr(attention_mask, "shape", (0, 0))[-2] > 1:
             raise RuntimeError(
-                f"futuremask: layer {module.layer_idx} of the schedule received a prompt mask it did not build "
-                "(the model changed it on the way); the per-layer schedule cannot be applied to this model"
+                f"futuremask: layer {getattr(module, 'layer_idx', '?')} received a prompt mask that futuremask did "
+                "not build (the model changed it on the way), so the per-layer schedule cannot be applied to it"
             )
         return attention_mask
-    return causal
+    layers, causal = schedule
+    return attention_mask if _layer_index(module) in layers else causal
+
+
+def _layer_index(module) -> int:
+    index = getattr(module, "layer_idx", None)
+    if index is None:
+        raise RuntimeError(
+            f"a per-layer schedule needs the attention modules' layer_idx, which {type(module).__name__} "
+            "does not have; apply the policy to every layer (layers=None)"
+        )
+    return int(index)
 
 
 def _or_guarded(mask_function, overlay, length: int):
@@ -324,15 +341,7 @@ class FutureMask:
 
     def on_layer(self, module) -> bool:
         """Whether the policy applies to the attention ``module`` (by its ``layer_idx``)."""
-        if self.layers is None:
-            return True
-        index = getattr(module, "layer_idx", None)
-        if index is None:
-            raise RuntimeError(
-                f"a per-layer schedule needs the attention modules' layer_idx, which {type(module).__name__} "
-                "does not have; apply the policy to every layer (layers=None)"
-            )
-        return int(index) in self.layers
+        return self.layers is None or _layer_index(module) in self.layers
 
     def _set_impl(self, name: str) -> None:
         if getattr(self.model.config, "text_config", None) is not None:
