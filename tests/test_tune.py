@@ -199,3 +199,19 @@ def test_cli_refuses_bad_maps_and_splits_before_loading_a_model(data, tmp_path, 
     assert "at least one candidate" in capsys.readouterr().err
     assert main(["eval", "--data-dir", str(data), "--model", model, "--layers", "3-1"]) == 2
     assert "'0-15' or '0-7,12'" in capsys.readouterr().err
+
+
+def test_eval_policy_map_end_to_end_on_the_demo(tmp_path, capsys):
+    path = tmp_path / "policy_map.json"
+    path.write_text(json.dumps({"DemoColor": {"policy": "mma", "merge": None},
+                                "DemoFind": {"policy": "causal", "merge": None}}))
+    out = tmp_path / "out"
+    args = ["eval", "--demo", "--limit", "4", "--tasks", "DemoColor", "DemoFind", "--policy-map", str(path),
+            "--output-dir", str(out), "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    runs = {p.name: sorted(t.name for t in p.iterdir() if t.is_dir()) for p in (out / "demo").iterdir()}
+    assert runs == {"demo-vlm__mma": ["DemoColor"], "demo-vlm__causal": ["DemoFind"]}
+    for run, (task,) in runs.items():
+        score = json.loads((out / "demo" / run / task / "eval.json").read_text())["Accuracy"]
+        assert f"| {task} | {run.split('__')[1]} | {score * 100:.2f} (Accuracy) |" in printed
