@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import encode
+from families import FAMILIES, TinyVLM, build_inputs
+from test_families import IMAGE_PROMPT, definition_mask, logits_of
 from test_hf import LayerwiseReference, generate, manual_generate
 
 import futuremask as fm
@@ -154,3 +156,46 @@ def test_gradient_checkpointing_recomputes_each_layer_with_its_own_mask(llava3, 
     assert torch.equal(loss, plain_loss) and (grads - plain).abs().max() <= 1e-6
     _, everywhere = loss_and_grads(False, None)
     assert (plain - everywhere).abs().max() > 1e-3  # the schedule changes the gradients
+
+
+# --- every family: a schedule equals each layer given its own dense definition mask -------------------
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def vlm(request) -> TinyVLM:
+    return FAMILIES[request.param]()
+
+
+class FamilyPerLayer(LayerwiseReference):
+    """Stock SDPA per layer with ``definition_mask(policy_of(layer))`` (test_families), cut to the window on
+    a sliding-window layer, as Gemma3 cuts its own mask."""
+
+    name = "fm_test_family_per_layer"
+
+    def __init__(self, vlm: TinyVLM, inputs, policy_of):
+        self.model, self.vlm, self.policy_of = vlm.model, vlm, policy_of
+        self.ids = inputs["input_ids"][0]
+
+    def __call__(self, module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        rep = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(rep, 1), value.repeat_interleave(rep, 1)
+        mask = definition_mask(self.policy_of(module.layer_idx), self.ids, self.vlm)
+        window = getattr(module, "sliding_window", None)
+        if window:
+            i, j = torch.arange(len(self.ids))[:, None], torch.arange(len(self.ids))[None, :]
+            mask = mask & (j > i - window)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
+
+
+@pytest.mark.parametrize("scheduled", [0, 1])
+def test_every_family_schedule_equals_per_layer_definition_masks(vlm, scheduled):
+    inputs = build_inputs(vlm, IMAGE_PROMPT)
+    with FamilyPerLayer(vlm, inputs, lambda i: "future" if i == scheduled else "causal"):
+        want = logits_of(vlm, inputs)
+    with fm.apply(vlm.model, "future", layers=[scheduled]):
+        got = logits_of(vlm, inputs)
+    with fm.apply(vlm.model, "future"):
+        everywhere = logits_of(vlm, inputs)
+    assert (got - want).abs().max() <= 1e-5
+    assert (got - logits_of(vlm, inputs)).abs().max() > 1e-4 and (got - everywhere).abs().max() > 1e-4
