@@ -258,7 +258,9 @@ def test_layer_schedule_reaches_the_handle_and_names_the_run(model_and_processor
     assert [r.name for r in runs] == ["tiny__causal", "tiny__future__layers-1"]  # causal has no schedule
     assert json.loads((runs[1] / "run.json").read_text())["layers"] == "1"
     assert set(seen) == {("causal", None), ("future", frozenset({1}))}
-    every = evaluate(model, processor, one, ["future"], tmp_path / "all", _config(layers="0-1"))
-    assert every[0].name == "tiny__future"  # a schedule of every layer is the plain policy
+    seen.clear()
+    every = evaluate(model, processor, one, ["future"], tmp_path / "all", _config(layers="1,0"))
+    assert every[0].name == "tiny__future__layers-0-1" and set(seen) == {("future", None)}  # the plain policy
     with pytest.raises(ValueError, match="do not exist"):
         evaluate(model, processor, one, ["causal"], tmp_path / "bad", _config(layers="0-5"))
+    assert not (tmp_path / "bad").exists()  # refused before any run folder is written

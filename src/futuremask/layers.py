@@ -56,6 +56,16 @@ def resolve_layers(spec: LayerSpec, num_layers: int) -> frozenset[int] | None:
     return None if len(layers) == num_layers else layers
 
 
+def normalize_layers(text: str | None) -> str | None:
+    """A schedule string in its compact form (``"3,0-2"`` -> ``"0-3"``); None for ``None`` or ``"all"``.
+
+    Needs no model: run folders are named from it before a model is loaded.
+    """
+    if text is None or text.strip() == "all":
+        return None
+    return describe_layers(parse_layers(text))
+
+
 def describe_layers(layers: Iterable[int] | None) -> str:
     """Compact text of a resolved schedule: ``{0, 1, 2, 5}`` -> ``"0-2,5"``; ``None`` -> ``"all"``."""
     if layers is None:
@@ -72,4 +82,4 @@ def describe_layers(layers: Iterable[int] | None) -> str:
     return ",".join(parts)
 
 
-__all__ = ["LayerSpec", "describe_layers", "parse_layers", "resolve_layers"]
+__all__ = ["LayerSpec", "describe_layers", "normalize_layers", "parse_layers", "resolve_layers"]
