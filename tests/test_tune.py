@@ -14,7 +14,7 @@ import pytest
 from futuremask.cli import main
 from futuremask.eval import runner
 from futuremask.eval.data import load_tasks
-from futuremask.eval.demo import DEMO_WORDS, generate_demo_data
+from futuremask.eval.demo import DEMO_CHECKPOINT, DEMO_WORDS, generate_demo_data
 from futuremask.eval.tune import (
     BASELINE,
     Candidate,
@@ -187,7 +187,7 @@ def test_run_policy_map_runs_each_task_under_its_policy(monkeypatch, model_and_p
 def test_cli_refuses_bad_maps_and_splits_before_loading_a_model(data, tmp_path, capsys):
     bad = tmp_path / "map.json"
     bad.write_text(json.dumps({"DemoColor": {"policy": "nope"}}))
-    model = str(tmp_path / "no-such-model")
+    model = str(DEMO_CHECKPOINT)  # a real checkpoint folder: every refusal below comes before it loads
     assert main(["eval", "--data-dir", str(data), "--model", model, "--policy-map", str(bad)]) == 2
     assert "unknown mask policy 'nope'" in capsys.readouterr().err
     assert main(["eval", "--data-dir", str(data), "--model", model, "--policy-map", str(bad),

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import check_device, check_model_source
+    from ..io import check_writable
     from ..layers import parse_layers
     from ..policies import get_policy
     from .cli_eval import load_model
@@ -46,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.data_dir or not args.model:
         raise ValueError("futuremask tune needs --data-dir and --model")
+    check_model_source(args.model)
+    check_device(args.device)
+    check_writable(args.output_dir)
     if args.resamples < 1:
         raise ValueError(f"--resamples must be at least 1, got {args.resamples}")
     if args.layers:
@@ -58,13 +63,14 @@ def run(args: argparse.Namespace) -> int:
     tasks = load_tasks(data_dir, args.tasks, limit=args.limit, adv=args.adv)
     for task in tasks:  # a split that cannot be made fails before the model loads
         split_ids(task, args.dev_fraction, args.seed)
-    model, processor = load_model(args.model, args.dtype, args.device)
-    config = RunConfig(
+    config = RunConfig(  # validates the numbers
         model=args.model, policy="causal", layers=args.layers, backend=args.backend,
-        max_new_tokens=args.max_new_tokens or 512, max_context_len=args.max_context_len,
-        tokens_per_image=args.tokens_per_image, adv=args.adv, batch_size=args.batch_size or 1,
+        max_new_tokens=512 if args.max_new_tokens is None else args.max_new_tokens,
+        max_context_len=args.max_context_len, tokens_per_image=args.tokens_per_image, adv=args.adv,
+        batch_size=1 if args.batch_size is None else args.batch_size,
         progress=not args.no_progress,
     )
+    model, processor = load_model(args.model, args.dtype, args.device)
     out = Path(args.output_dir)
     tune(model, processor, tasks, data_dir, cands, out, config, dev_fraction=args.dev_fraction, seed=args.seed,
          resamples=args.resamples)

@@ -33,9 +33,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..io import write_json_atomic, write_text_atomic
 from .data import Task
 from .metrics import scoring_rule
-from .runner import RunConfig, evaluate, write_json_atomic
+from .runner import RunConfig, evaluate
 from .scoring import load_annotation, load_predictions, score_task
 from .shared import id_key, sample_scores
 from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED, Delta, paired_bootstrap, stratified_bootstrap
@@ -225,8 +226,6 @@ def tune(
     result["settings"] = {"dev_fraction": dev_fraction, "seed": seed, "resamples": resamples,
                           "candidates": [c.to_dict() for c in cands], "model": config.model}
     write_json_atomic(out / "tune.json", result)
-    from .summary import write_text_atomic
-
     write_text_atomic(out / "tune.md", tune_markdown(result))
     return result
 
