@@ -242,3 +242,25 @@ def test_cli_with_a_saved_checkpoint_matches_the_in_memory_model(model_and_proce
     api = json.loads((tmp_path / "api" / "tiny__future" / "DemoCount" / "pred.json").read_text())
     assert [r["gen_model_id"] for r in cli] == [str(tmp_path / "ckpt")] * len(api)
     assert [(r["question"], r["pred_response"]) for r in cli] == [(r["question"], r["pred_response"]) for r in api]
+
+
+def test_layer_schedule_reaches_the_handle_and_names_the_run(model_and_processor, tasks, tmp_path, monkeypatch):
+    model, processor = model_and_processor
+    seen = []
+
+    def generate(model, processor, prompts, gen_kwargs, **style_kwargs):
+        seen.append((model._futuremask.policy.name, model._futuremask.layers))
+        return ["red"] * len(prompts)
+
+    monkeypatch.setattr(runner, "generate_batch", generate)
+    one = [replace(tasks[0], samples=tasks[0].samples[:2])]
+    runs = evaluate(model, processor, one, ["causal", "future"], tmp_path, _config(layers="1"))
+    assert [r.name for r in runs] == ["tiny__causal", "tiny__future__layers-1"]  # causal has no schedule
+    assert json.loads((runs[1] / "run.json").read_text())["layers"] == "1"
+    assert set(seen) == {("causal", None), ("future", frozenset({1}))}
+    seen.clear()
+    every = evaluate(model, processor, one, ["future"], tmp_path / "all", _config(layers="1,0"))
+    assert every[0].name == "tiny__future__layers-0-1" and set(seen) == {("future", None)}  # the plain policy
+    with pytest.raises(ValueError, match="do not exist"):
+        evaluate(model, processor, one, ["causal"], tmp_path / "bad", _config(layers="0-5"))
+    assert not (tmp_path / "bad").exists()  # refused before any run folder is written

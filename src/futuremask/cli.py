@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "futuremask.cli_policies",
     "futuremask.eval.cli_eval",
     "futuremask.eval.cli_score",
+    "futuremask.eval.cli_tune",
     "futuremask.cli_viz",
     "futuremask.cli_verify",
     "futuremask.bench.cli",

@@ -41,6 +41,7 @@ from .hf_train import (
 )
 from .kernels import eager_attention, flex_attention, merge_attention, sdpa_attention
 from .kernels.rows import FutureRows
+from .layers import LayerSpec, describe_layers, resolve_layers
 from .layout import PER_TOKEN_KEYS, TokenLayout, visual_token_ids
 from .merge import Merge
 from .policies import Policy, dense_mask, get_policy, overlay_mod
@@ -73,6 +74,7 @@ class _Call:
     handle: FutureMask
     inputs: dict[str, Any]
     prefill: _Prefill | None = None
+    scheduled: bool = False  # a prompt mask of this call carries a layer schedule (_keep_causal)
     _layout: TokenLayout | None = None
 
     @property
@@ -120,9 +122,9 @@ def _make_mask_builder(backend: str):
         if overlay is None:  # `causal` with a merge: there is no future to fold, the stock mask is exact
             return base_builder(**args, **kwargs)
         if backend == "flex":
-            length = layout.length
-            kwargs["mask_function"] = _or_guarded(kwargs["mask_function"], overlay, length)
-            return base_builder(**args, **kwargs)
+            causal = base_builder(**args, **kwargs) if call.handle.layers is not None else None
+            kwargs["mask_function"] = _or_guarded(kwargs["mask_function"], overlay, layout.length)
+            return _keep_causal(call, base_builder(**args, **kwargs), causal)
         merge = call.handle.merge
         if merge is not None:  # the merge kernel evaluates the future rows a chunk at a time (FutureRows)
             base = base_builder(**args, **kwargs)  # None when exactly causal: SDPA's is_causal path
@@ -135,9 +137,49 @@ def _make_mask_builder(backend: str):
         extra = dense_mask(overlay, batch_size, q_length, q_length, base.device)
         if kv_length > q_length:  # a static cache: the slots after the prompt are never attended here
             extra = torch.nn.functional.pad(extra, (0, kv_length - q_length), value=False)
-        return base | extra[:, None]
+        return _keep_causal(call, base | extra[:, None], base)
 
     return build
+
+
+_SCHEDULE_ATTR = "_futuremask_schedule"
+
+
+def _keep_causal(call: _Call, mask, causal):
+    """With a layer schedule, attach ``(layers, the model's own mask)`` to the policy's mask.
+
+    The pair travels with the mask object itself, so a layer recomputed by gradient checkpointing,
+    outside the forward call, still picks the right one.
+    """
+    if call.handle.layers is not None:
+        setattr(mask, _SCHEDULE_ATTR, (call.handle.layers, causal))
+        call.scheduled = True
+    return mask
+
+
+def _layer_mask(module, attention_mask):
+    """The mask for this layer: the policy's on scheduled layers, the model's own causal mask elsewhere."""
+    schedule = getattr(attention_mask, _SCHEDULE_ATTR, None)
+    if schedule is None:
+        call = _ACTIVE.get()
+        if call is not None and call.scheduled and getattr(attention_mask, "shape", (0, 0))[-2] > 1:
+            raise RuntimeError(
+                f"futuremask: layer {getattr(module, 'layer_idx', '?')} received a prompt mask that futuremask did "
+                "not build (the model changed it on the way), so the per-layer schedule cannot be applied to it"
+            )
+        return attention_mask
+    layers, causal = schedule
+    return attention_mask if _layer_index(module) in layers else causal
+
+
+def _layer_index(module) -> int:
+    index = getattr(module, "layer_idx", None)
+    if index is None:
+        raise RuntimeError(
+            f"a per-layer schedule needs the attention modules' layer_idx, which {type(module).__name__} "
+            "does not have; apply the policy to every layer (layers=None)"
+        )
+    return int(index)
 
 
 def _or_guarded(mask_function, overlay, length: int):
@@ -154,11 +196,13 @@ def _or_guarded(mask_function, overlay, length: int):
 
 
 def _sdpa_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    attention_mask = _layer_mask(module, attention_mask)
     out = sdpa_attention(query, key, value, attention_mask, scale=scaling, dropout=dropout)
     return out.transpose(1, 2).contiguous(), None
 
 
 def _eager_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    attention_mask = _layer_mask(module, attention_mask)
     out, weights = eager_attention(
         query, key, value, attention_mask, scale=scaling, dropout=dropout, training=module.training
     )
@@ -168,7 +212,7 @@ def _eager_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=No
 def _flex_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     if dropout:
         raise ValueError("futuremask's flex backend does not support attention dropout; use backend='sdpa'")
-    out = flex_attention(query, key, value, attention_mask, scale=scaling)
+    out = flex_attention(query, key, value, _layer_mask(module, attention_mask), scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -176,7 +220,7 @@ def _merge_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     call = _ACTIVE.get()
     prefill = call.prefill if call is not None else None
     future = prefill.futures.get(id(attention_mask)) if prefill is not None else None
-    if future is None:
+    if future is None or not call.handle.on_layer(module):  # a decoding step, or a causal layer
         return _sdpa_fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
     length = query.shape[2]
     base = None if attention_mask is None else attention_mask[..., :length]
@@ -250,9 +294,13 @@ class FutureMask:
         policy: the applied :class:`~futuremask.policies.Policy`.
         merge: the :class:`Merge` settings, or None.
         backend: the kernel in use (``sdpa``, ``eager``, ``flex`` or ``merge``).
+        layers: the text layers the policy applies to (a frozenset of indices), or None for all of them.
     """
 
-    def __init__(self, model, policy: str | Policy, merge: Merge | str | None = None, backend: str = "auto"):
+    def __init__(
+        self, model, policy: str | Policy, merge: Merge | str | None = None, backend: str = "auto",
+        layers: LayerSpec = None,
+    ):
         if getattr(model, "_futuremask", None) is not None:
             raise RuntimeError("futuremask is already applied to this model; call .remove() on that handle first")
         model, self.wrapper = unwrap(model)
@@ -261,6 +309,7 @@ class FutureMask:
         self.merge = Merge.coerce(merge)
         self._requested_backend = backend
         self.backend = _resolve_backend(model, backend, self.merge)
+        self.layers = resolve_layers(layers, int(_text_config(model).num_hidden_layers))
         if not self.policy.is_causal:
             visual_token_ids(model.config)  # fail now, with a clear message, if visual tokens cannot be found
         _register()
@@ -289,6 +338,10 @@ class FutureMask:
     def is_plain_causal(self) -> bool:
         """True when nothing differs from the stock causal mask (``causal`` without merge)."""
         return self.policy.is_causal and self.merge is None
+
+    def on_layer(self, module) -> bool:
+        """Whether the policy applies to the attention ``module`` (by its ``layer_idx``)."""
+        return self.layers is None or _layer_index(module) in self.layers
 
     def _set_impl(self, name: str) -> None:
         if getattr(self.model.config, "text_config", None) is not None:
@@ -373,10 +426,13 @@ class FutureMask:
 
     def __repr__(self) -> str:
         merge = f", merge={self.merge}" if self.merge else ""
-        return f"FutureMask(policy={self.policy.name!r}{merge}, backend={self.backend!r})"
+        layers = f", layers={describe_layers(self.layers)!r}" if self.layers is not None else ""
+        return f"FutureMask(policy={self.policy.name!r}{merge}{layers}, backend={self.backend!r})"
 
 
-def apply(model, policy: str, merge: Merge | str | None = None, backend: str = "auto") -> FutureMask:
+def apply(
+    model, policy: str, merge: Merge | str | None = None, backend: str = "auto", layers: LayerSpec = None
+) -> FutureMask:
     """Run ``model``'s prompt pass under ``policy``; decoding stays causal with the KV cache.
 
     Args:
@@ -386,6 +442,9 @@ def apply(model, policy: str, merge: Merge | str | None = None, backend: str = "
         policy: a name from :data:`futuremask.POLICIES`.
         merge: a :class:`Merge` (or kind name) to fold the future into the sink instead of attending it.
         backend: ``"auto"`` (flex on CUDA, sdpa otherwise), ``"sdpa"``, ``"eager"`` or ``"flex"``.
+        layers: the text decoder layers the policy applies to, causal on the others: a ``range``, a list
+            of indices, a string such as ``"0-15"``, or a callable of the layer index; ``None``/``"all"``
+            (the default) for every layer. The layout and the masks are still built once per forward.
 
     Returns:
         A :class:`FutureMask` handle; ``handle.remove()`` (or leaving its ``with`` block) restores the model.
@@ -394,7 +453,7 @@ def apply(model, policy: str, merge: Merge | str | None = None, backend: str = "
         token and each packed sequence starts a new segment (DESIGN §2). A training forward (training
         mode, gradients on) under a non-causal policy with neither raises :class:`MissingPromptError`.
     """
-    return FutureMask(model, policy, merge=merge, backend=backend)
+    return FutureMask(model, policy, merge=merge, backend=backend, layers=layers)
 
 
 # --- continuation scoring -------------------------------------------------------------------------

@@ -33,13 +33,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--demo", action="store_true",
                    help="offline demo: generate a small benchmark, run every policy with the tiny demo VLM, score")
-    p.add_argument("--data-dir", help="MileBench folder holding <Task>/<Task>.json and <Task>/images/")
-    p.add_argument("--model", help="local path or Hugging Face hub id of a VLM (AutoModelForImageTextToText)")
     p.add_argument("--policy", nargs="+", default=None, metavar="POLICY",
                    help=f"one or several mask policies (default: {' '.join(PAPER_POLICIES)}; demo: all)")
     p.add_argument("--merge", "--compress-future", dest="merge", choices=["kernel", "lse"], default=None,
                    help="light future-aware attention: fold the future into the sink (kernel = the paper's)")
+    p.add_argument("--policy-map", default=None, metavar="JSON",
+                   help="run each task under its own policy from a policy_map.json ({task: {policy, merge}}, "
+                        "as `futuremask tune` writes it) instead of --policy/--merge")
+    add_run_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="regenerate instead of resuming existing predictions")
+    p.add_argument("--no-score", action="store_true", help="only generate pred.json files")
+    cli_style.add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments ``eval`` and ``tune`` share: data, model, schedule, tasks, generation, device, output."""
+    p.add_argument("--data-dir", help="MileBench folder holding <Task>/<Task>.json and <Task>/images/")
+    p.add_argument("--model", help="local path or Hugging Face hub id of a VLM (AutoModelForImageTextToText)")
     p.add_argument("--backend", choices=["auto", "sdpa", "eager", "flex"], default="auto")
+    p.add_argument("--layers", default=None, metavar="LAYERS",
+                   help="apply the policy on these text layers only, causal on the others: e.g. 0-15 or 0-7,12 "
+                        "(default: all)")
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                    help="task names and/or groups: temporal, semantic, diagnostic, all (default: all present)")
     p.add_argument("--adv", action="store_true",
@@ -56,11 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model dtype (auto: the checkpoint's on GPU, float32 on CPU)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0, ...")
     p.add_argument("--output-dir", default="outputs", help="runs go to <output-dir>/<model>__<policy>[__merge-<kind>]")
-    p.add_argument("--overwrite", action="store_true", help="regenerate instead of resuming existing predictions")
-    p.add_argument("--no-score", action="store_true", help="only generate pred.json files")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    cli_style.add_arguments(p)
-    p.set_defaults(func=run)
 
 
 def _device(name: str) -> str:
@@ -103,14 +114,6 @@ def load_processor_and_config(model_id: str):
     except OSError as err:  # as load_model: no such hub id, offline without a cached copy
         raise ValueError(f"--model {model_id}: cannot load its processor and config ({str(err).splitlines()[0]})"
                          "; pass a checkpoint folder, or a hub id that is downloadable or cached") from err
-
-
-def _check_adv_files(data_dir: Path, tasks) -> None:
-    from .data import DataError, task_file
-
-    absent = [str(task_file(data_dir, t.name, adv=True)) for t in tasks if not task_file(data_dir, t.name, True).is_file()]
-    if absent:
-        raise DataError(f"--adv scores against <Task>-adv.json, not found: {', '.join(absent)}")
 
 
 def _wait_for_demo_data(data_dir: Path, samples: int, timeout_s: float = 600.0) -> None:
@@ -172,16 +175,52 @@ def _dry_run(processor, model_config, tasks, data_dir: Path, runs_dir: Path, pol
 
     config.max_context_len = context_len(model_config, config)
     if config.rank == 0:
-        run_dirs = [runs_dir / run_name(config.model, p, config.merge) for p in policies]
+        run_dirs = [runs_dir / run_name(config.model, p, config.merge, config.layers) for p in policies]
         files = write_prompts(processor, model_config, tasks, data_dir, run_dirs, config)
         print(f"wrote {len(files)} prompts.jsonl file(s) under {runs_dir} (no weights loaded, nothing generated)",
               file=sys.stderr)
     return 0
 
 
+def _policy_map(args: argparse.Namespace):
+    """The ``--policy-map`` candidates per task, or None; refused beside --policy/--merge."""
+    if args.policy_map is None:
+        return None
+    if args.policy or args.merge:
+        raise ValueError("--policy-map gives each task its policy and merge; drop --policy/--merge")
+    from .tune import read_policy_map
+
+    return read_policy_map(args.policy_map)
+
+
+def _run_map(model, processor, tasks, policy_map, runs_dir: Path, config, data_dir: Path, no_score: bool) -> int:
+    """Run a policy map, score each task in its run folder and print one line per task."""
+    from .scoring import score_run
+    from .summary import headline_metric
+    from .tune import run_policy_map
+
+    folders = run_policy_map(model, processor, tasks, policy_map, runs_dir, config)
+    if config.rank != 0 or no_score:
+        return 0
+    if not all(len(t.samples) == t.total for t in tasks):
+        print("Predictions written; --limit covers only part of the data, so scoring is skipped.")
+        return 0
+    print("| Task | policy | score |\n|---|---|---|")
+    total = 0.0
+    for task in tasks:
+        summary = score_run(data_dir, folders[task.name], [task.name], adv=config.adv, progress=False)
+        evals = {t: e for cats in summary.values() for tasks_ in cats.values() for t, e in tasks_.items()}
+        metric, value = headline_metric(evals[task.name])
+        total += value
+        print(f"| {task.name} | {policy_map[task.name].label} | {value * 100:.2f} ({metric}) |")
+    print(f"\nmean over {len(tasks)} tasks: {total / len(tasks) * 100:.2f}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..layers import parse_layers
     from ..policies import get_policy
-    from .data import load_tasks
+    from .data import check_adv_files, load_tasks
     from .runner import RunClaim, RunConfig, evaluate, shard_from_env
 
     _check_args(args)
@@ -193,6 +232,9 @@ def run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     requested = args.policy or (DEMO_POLICIES if args.demo else PAPER_POLICIES)
     policies = list(dict.fromkeys(get_policy(p).name for p in requested))  # unknown names fail before any work
+    policy_map = _policy_map(args)
+    if args.layers:
+        parse_layers(args.layers)
     if args.demo:
         from .demo import DEMO_CHECKPOINT, generate_demo_data, load_demo_model
 
@@ -210,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite, batch_size = args.overwrite, 1 if args.batch_size is None else args.batch_size
         max_new_tokens = 512 if args.max_new_tokens is None else args.max_new_tokens
     config = RunConfig(  # validates the numbers
-        model=model_name, policy=policies[0], merge=args.merge, backend=args.backend, max_new_tokens=max_new_tokens,
+        model=model_name, policy=policies[0], merge=args.merge, layers=args.layers, backend=args.backend,
+        max_new_tokens=max_new_tokens,
         max_context_len=args.max_context_len, tokens_per_image=args.tokens_per_image, adv=args.adv and not args.demo,
         batch_size=batch_size, overwrite=overwrite, progress=not args.no_progress and rank == 0, rank=rank,
         world_size=world,
@@ -225,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
         # validates before any write; generation reads <Task>.json even with --adv, as the official code
         tasks = load_tasks(data_dir, args.tasks, limit=args.limit, combine=args.combine_images)
         if args.adv:
-            _check_adv_files(data_dir, tasks)
+            check_adv_files(data_dir, tasks)
     # the style options come from the config, read before the weights load (the demo's config names no aspect)
     processor, model_config = (None, None) if args.demo else load_processor_and_config(args.model)
     config = replace(config, **cli_style.run_options(args, model_config))
@@ -234,14 +277,17 @@ def run(args: argparse.Namespace) -> int:
             model, processor = load_demo_model()
             model_config = model.config
         return _dry_run(processor, model_config, tasks, data_dir, runs_dir, policies, config)
+
+    def load():
+        if not args.demo:
+            return load_model(args.model, args.dtype, args.device)
+        model, processor = load_demo_model()
+        return (model if args.device == "auto" else model.to(args.device)), processor
+
+    if policy_map is not None:  # one evaluate (and claim) per candidate of the map, after the model loads
+        return _run_map(*load(), tasks, policy_map, runs_dir, config, data_dir, args.no_score)
     with RunClaim(runs_dir, config, policies, tasks) as claim:  # locked and checked before the model loads
-        if args.demo:
-            model, processor = load_demo_model()
-            if args.device != "auto":
-                model = model.to(args.device)
-        else:
-            model, processor = load_model(args.model, args.dtype, args.device)
-        runs = evaluate(model, processor, tasks, policies, runs_dir, config, claim)
+        runs = evaluate(*load(), tasks, policies, runs_dir, config, claim)
     if rank != 0:
         return 0
     for run_dir in runs:

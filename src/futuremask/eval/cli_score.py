@@ -1,7 +1,7 @@
 """``futuremask score`` and ``futuremask report``: official MileBench scoring and policy comparison.
 
 futuremask score --data-dir data/MileBench --result-dir outputs/<run> [--tasks T1 T2 ...] [--adv]
-futuremask report outputs/ [--paper] [--output report.md] [--plot report.png | --no-plot]
+futuremask report outputs/ [--paper] [--output report.md] [--plot report.png | --no-plot] [--resamples N] [--seed S]
 """
 
 from __future__ import annotations
@@ -34,13 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "report",
         help="compare scored runs: Markdown table (tasks x policies) and bar chart",
         description="Read every <outputs>/<run>/result.json and run.json; print and write a Markdown table "
-        "with the best policy per task in bold, deltas to causal and per-category means, plus a PNG chart.",
+        "with the best policy per task in bold, deltas to causal and per-category means, the changes against causal "
+        "with 95%% paired bootstrap intervals (report.json holds them too), plus a PNG chart with error bars.",
     )
     r.add_argument("outputs_dir", help="folder of run folders, e.g. outputs/")
     r.add_argument("--paper", action="store_true", help="add the paper's LLaVA-1.5-7B numbers")
     r.add_argument("--output", default=None, help="Markdown file (default: <outputs_dir>/report.md)")
     r.add_argument("--plot", default=None, help="PNG bar chart (default: <outputs_dir>/report.png)")
     r.add_argument("--no-plot", action="store_true", help="do not draw the chart")
+    r.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples per interval (default 10000)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     r.set_defaults(func=run_report)
 
 
@@ -65,22 +68,29 @@ def run_score(args: argparse.Namespace) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     """Print the Markdown report and write it (and the chart) to disk."""
-    from ..io import check_writable, write_text_atomic
-    from .report import build_report
+    import json
 
+    from ..io import check_writable, write_text_atomic
+    from .report import build_report, report_json
+
+    if args.resamples < 1:
+        raise ValueError(f"--resamples must be at least 1, got {args.resamples}")
+    stats = {"resamples": args.resamples, "seed": args.seed}
     output = Path(args.output) if args.output else Path(args.outputs_dir) / "report.md"
     plot = Path(args.plot) if args.plot else Path(args.outputs_dir) / "report.png"
     check_writable(output.parent, "--output")
     if not args.no_plot:
         check_writable(plot.parent, "--plot")
-    text = build_report(args.outputs_dir, paper=args.paper)
+    text = build_report(args.outputs_dir, paper=args.paper, **stats)
     print(text)
     write_text_atomic(output, text)
-    print(f"wrote {output}")
+    data = output.with_suffix(".json")
+    write_text_atomic(data, json.dumps(report_json(args.outputs_dir, **stats), indent=2))
+    print(f"wrote {output} and {data}")
     if not args.no_plot:
         from .report_plot import plot_report
 
-        plot_report(args.outputs_dir, plot, paper=args.paper)
+        plot_report(args.outputs_dir, plot, paper=args.paper, **stats)
         print(f"wrote {plot}")
     return 0
 

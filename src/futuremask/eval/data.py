@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,8 +281,15 @@ def load_tasks(
     return [load_task(data_dir, name, limit=limit, adv=adv, combine=combine) for name in names]
 
 
+def check_adv_files(data_dir: str | os.PathLike, tasks: Sequence[Task]) -> None:
+    """Refuse ``--adv`` before any work when a task has no ``<Task>-adv.json`` to score against."""
+    absent = [str(task_file(data_dir, t.name, adv=True)) for t in tasks if not task_file(data_dir, t.name, True).is_file()]
+    if absent:
+        raise DataError(f"--adv scores against <Task>-adv.json, not found: {', '.join(absent)}")
+
+
 __all__ = [
-    "DataError", "Sample", "Task",
+    "DataError", "check_adv_files", "Sample", "Task",
     "available_tasks", "file_fingerprints", "load_task", "load_tasks", "resolve_tasks", "sample_fingerprint",
     "task_file",
 ]

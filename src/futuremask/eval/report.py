@@ -16,6 +16,10 @@ runs of a task hold different samples (another ``--limit``, other data), every c
 is the mean of the per-sample scores in ``eval_score.json`` over the shared samples only (ROUGE-L
 rounded to 3 decimals there, as the official file holds it), the table says so under it, and the
 run list marks the runs whose samples differ.
+
+Under the scores, a second table gives every change against ``causal`` with its 95 % paired bootstrap
+interval over the same shared samples (McNemar's exact p-value on accuracy tasks) and marks with
+``*`` the changes whose interval excludes 0 (:mod:`futuremask.eval.report_stats`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from pathlib import Path
 
 from ..io import read_json
 from .paper import PAPER_COLUMNS, PAPER_MODEL, PAPER_SCORES, PAPER_SOURCE, paper_row_label
+from .report_stats import Comparison, compare, delta_cell
 from .shared import SampleKey, sample_scores, shared_samples
+from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 from .summary import CATEGORIES, OTHER, category_of, headline_metric
 
 CATEGORY_ORDER: tuple[str, ...] = (*CATEGORIES, OTHER)
@@ -44,6 +50,7 @@ class RunResult:
     policy: str | None = None
     merge: str | None = None
     backend: str | None = None
+    layers: str | None = None
     scores: dict[str, tuple[str, float]] = field(default_factory=dict)
     samples: dict[str, dict[SampleKey, float]] = field(default_factory=dict)  # task -> per-sample scores
 
@@ -53,15 +60,16 @@ class RunResult:
 
     @property
     def is_baseline(self) -> bool:
-        """A plain causal run (no merge): the reference for the deltas."""
-        return self.canonical_policy == "causal" and not self.merge
+        """A plain causal run (no merge, every layer): the reference for the deltas."""
+        return self.canonical_policy == "causal" and not self.merge and not self.layers
 
     @property
     def label(self) -> str:
-        """Column label: ``policy`` or ``policy+merge``; the run name when ``run.json`` is missing."""
+        """Column label: ``policy``, ``policy+merge``, ``policy@0-15`` (a layer schedule); else the run name."""
         if not self.policy:
             return self.name
-        return f"{self.policy}+{self.merge}" if self.merge else self.policy
+        label = f"{self.policy}+{self.merge}" if self.merge else self.policy
+        return f"{label}@{self.layers}" if self.layers else label
 
 
 def load_run(run_dir: str | os.PathLike) -> RunResult:
@@ -76,7 +84,7 @@ def load_run(run_dir: str | os.PathLike) -> RunResult:
     meta_path = run_dir / "run.json"
     meta = read_json(meta_path, dict, "run settings file (run.json)") if meta_path.is_file() else {}
     run.model, run.policy = meta.get("model"), meta.get("policy")
-    run.merge, run.backend = meta.get("merge"), meta.get("backend")
+    run.merge, run.backend, run.layers = meta.get("merge"), meta.get("backend"), meta.get("layers")
     data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
     for tasks in categories.values():
         for task, eval_result in tasks.items():
@@ -179,23 +187,59 @@ def _table(
     return lines
 
 
+def category_tasks(runs: list[RunResult]) -> dict[str, list[str]]:
+    """``{category: tasks}`` over the tasks every run has scored, then ``"All"``; empty categories left out."""
+    common = set.intersection(*(set(run.scores) for run in runs))
+    groups = [(cat, sorted(t for t in common if category_of(t) == cat)) for cat in CATEGORY_ORDER]
+    return {name: tasks for name, tasks in [*groups, ("All", sorted(common))] if tasks}
+
+
 def category_means(runs: list[RunResult]) -> dict[str, tuple[int, list[float]]]:
     """``{category: (number of tasks, mean per run)}`` over the tasks every run has scored.
 
     Accuracy and ROUGE-L F are averaged together, as MileBench's category scores do. Categories with no
     common task are left out; ``"All"`` averages over every common task.
     """
-    common = set.intersection(*(set(run.scores) for run in runs))
-    out: dict[str, tuple[int, list[float]]] = {}
-    groups = [(cat, [t for t in common if category_of(t) == cat]) for cat in CATEGORY_ORDER]
-    for name, tasks in [*groups, ("All", sorted(common))]:
-        if tasks:
-            means = [sum(run.scores[t][1] for t in tasks) / len(tasks) for run in runs]
-            out[name] = (len(tasks), means)
+    return {
+        name: (len(tasks), [sum(run.scores[t][1] for t in tasks) / len(tasks) for run in runs])
+        for name, tasks in category_tasks(runs).items()
+    }
+
+
+def comparison(
+    runs: list[RunResult], resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
+) -> Comparison | None:
+    """Changes of one model's runs against its plain ``causal`` run, with intervals; None without one."""
+    baseline = next((run for run in runs if run.is_baseline), None)
+    if baseline is None:
+        return None
+    return compare(runs, baseline, category_tasks(runs), resamples=resamples, seed=seed)
+
+
+def runs_by_model(runs: list[RunResult]) -> dict[str | None, list[RunResult]]:
+    """Runs grouped by model, in the order of ``runs``."""
+    out: dict[str | None, list[RunResult]] = {}
+    for run in runs:
+        out.setdefault(run.model, []).append(run)
     return out
 
 
-def _model_section(model: str | None, runs: list[RunResult]) -> list[str]:
+def _interval_table(runs: list[RunResult], labels: list[str], found: Comparison) -> list[str]:
+    others = [(run, label) for run, label in zip(runs, labels, strict=True) if run.name != found.baseline]
+    lines = [
+        "", f"Change against `causal` in points, 95% paired bootstrap interval over the shared samples "
+        f"({found.resamples} resamples, seed {found.seed}); * = the interval excludes 0; p = McNemar's exact test "
+        "(accuracy tasks); category rows resample within each task:", "",
+        "| Task | " + " | ".join(label for _, label in others) + " |", "|---|" + "---|" * len(others),
+    ]
+    rows = [(task, found.tasks[task]) for task in ordered_tasks(set(found.tasks))]
+    rows += [(f"mean: {name}", row) for name, row in found.categories.items()]
+    for name, row in rows:
+        lines.append(f"| {name} | " + " | ".join(delta_cell(row.get(run.name)) for run, _ in others) + " |")
+    return lines
+
+
+def _model_section(model: str | None, runs: list[RunResult], found: Comparison | None) -> list[str]:
     labels = column_labels(runs)
     runs, notes = compare_on_shared(runs)
     baseline = next((i for i, run in enumerate(runs) if run.is_baseline), None)
@@ -217,6 +261,8 @@ def _model_section(model: str | None, runs: list[RunResult]) -> list[str]:
         lines += _table(["Category", "Tasks", *labels], mean_rows, baseline)
     if baseline is None:
         lines += ["", "_No plain `causal` run for this model: no deltas shown._"]
+    elif found is not None and found.tasks:
+        lines += _interval_table(runs, labels, found)
     return lines
 
 
@@ -237,13 +283,34 @@ def _differing_tasks(run: RunResult, runs: list[RunResult]) -> list[str]:
             if any(task in other.samples and set(other.samples[task]) != set(mine) for other in runs)]
 
 
-def build_report(outputs_dir: str | os.PathLike, paper: bool = False, runs: list[os.PathLike] | None = None) -> str:
+def report_json(
+    outputs_dir: str | os.PathLike, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+    runs: list[os.PathLike] | None = None,
+) -> dict:
+    """``report.json``: per model, its runs' scores and every change against causal with its interval."""
+    out = {}
+    for model, model_runs in runs_by_model(load_runs(outputs_dir, runs)).items():
+        found = comparison(model_runs, resamples, seed)
+        out[model or "unknown model"] = {
+            "runs": {run.name: {"label": run.label, "policy": run.policy, "merge": run.merge, "layers": run.layers,
+                                "scores": {t: {"metric": m, "score": v} for t, (m, v) in run.scores.items()}}
+                     for run in model_runs},
+            "changes": found.to_dict() if found is not None else None,
+        }
+    return out
+
+
+def build_report(
+    outputs_dir: str | os.PathLike, paper: bool = False, runs: list[os.PathLike] | None = None,
+    resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+) -> str:
     """Markdown report over every scored run under ``outputs_dir``.
 
     Args:
         outputs_dir: folder holding ``<run>/result.json`` (+ ``<run>/run.json``).
         paper: append the paper's LLaVA-1.5-7B numbers as a reference table.
         runs: only these run folders (``eval`` reports the runs it just made).
+        resamples, seed: of the bootstrap intervals (:mod:`futuremask.eval.stats`).
     """
     runs = load_runs(outputs_dir, runs)
     lines = [
@@ -253,14 +320,12 @@ def build_report(outputs_dir: str | os.PathLike, paper: bool = False, runs: list
         "(±x.xx) = change against the `causal` run of the same model.",
         "",
     ]
-    by_model: dict[str | None, list[RunResult]] = {}
-    for run in runs:
-        by_model.setdefault(run.model, []).append(run)
-    for model, model_runs in by_model.items():
-        lines += _model_section(model, model_runs) + [""]
+    for model, model_runs in runs_by_model(runs).items():
+        lines += _model_section(model, model_runs, comparison(model_runs, resamples, seed)) + [""]
     lines += ["Runs:", ""]
     for run in runs:
         identity = f"model={run.model}, policy={run.policy}, merge={run.merge}, backend={run.backend}"
+        identity += f", layers={run.layers}" if run.layers else ""
         differ = _differing_tasks(run, [other for other in runs if other.model == run.model])
         mark = f" — **samples differ** from other runs on {', '.join(differ)}" if differ else ""
         lines.append(f"* `{run.name}`: {identity}{mark}")
@@ -274,9 +339,13 @@ __all__ = [
     "RunResult",
     "build_report",
     "category_means",
+    "category_tasks",
     "column_labels",
     "compare_on_shared",
+    "comparison",
     "load_run",
     "load_runs",
     "ordered_tasks",
+    "report_json",
+    "runs_by_model",
 ]

@@ -41,7 +41,7 @@ from .prompt_styles import PromptSettings, get_style, load_images
 from .prompts import Prompt, count_image_tokens
 
 DEFAULT_CONTEXT_LEN = 4096  # the paper's budget for LLaVA-1.5 (capped by the model's positions)
-SETTINGS_KEYS = ("model", "policy", "merge", "backend", "max_new_tokens", "max_context_len",
+SETTINGS_KEYS = ("model", "policy", "merge", "layers", "backend", "max_new_tokens", "max_context_len",
                  "tokens_per_image", "adv", "gen_kwargs", "prompt_style", "image_aspect", "combine_images")
 
 
@@ -54,10 +54,11 @@ def model_slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
-def run_name(model: str, policy: str, merge: str | None = None) -> str:
-    """``<model_slug>__<policy>`` plus ``__merge-<kind>`` with a merge."""
+def run_name(model: str, policy: str, merge: str | None = None, layers: str | None = None) -> str:
+    """``<model_slug>__<policy>`` plus ``__merge-<kind>`` with a merge and ``__layers-<0-15>`` with a schedule."""
     name = f"{model_slug(model)}__{policy}"
-    return f"{name}__merge-{merge}" if merge else name
+    name = f"{name}__merge-{merge}" if merge else name
+    return f"{name}__layers-{layers}" if layers else name
 
 
 def _read_records(path: Path) -> list[dict]:
@@ -116,6 +117,7 @@ class RunConfig:
     model: str
     policy: str
     merge: str | None = None
+    layers: str | None = None  # a per-layer schedule such as "0-15" (None: every layer)
     backend: str = "auto"
     max_new_tokens: int = 512
     max_context_len: int | None = None  # None: min(4096, the model's max positions)
@@ -362,9 +364,27 @@ def _record(prompt: Prompt, answer: str, config: RunConfig) -> dict:
     }
 
 
+def run_layers(policy: str, layers: str | None) -> str | None:
+    """The schedule a run of ``policy`` records (compact, as in its folder name); None for ``causal``,
+    which is the stock model on every layer whatever the schedule."""
+    from ..layers import normalize_layers
+    from ..policies import get_policy
+
+    return None if get_policy(policy).is_causal else normalize_layers(layers)
+
+
+def _check_layers(model, layers: str | None) -> None:
+    """Refuse a schedule naming layers the model does not have, before any run folder is written."""
+    from ..layers import resolve_layers
+
+    text = getattr(model.config, "text_config", None) or model.config
+    resolve_layers(layers, int(text.num_hidden_layers))
+
+
 def run_dirs(output_dir: str | os.PathLike, config: RunConfig, policies: Sequence[str]) -> list[Path]:
     """The run folder of each policy: ``<output_dir>/<run_name>``."""
-    return [Path(output_dir) / run_name(config.model, policy, config.merge) for policy in policies]
+    return [Path(output_dir) / run_name(config.model, policy, config.merge, run_layers(policy, config.layers))
+            for policy in policies]
 
 
 class RunClaim:
@@ -391,7 +411,8 @@ class RunClaim:
         try:
             for run_dir, policy in zip(self.dirs, self.policies, strict=True):
                 self._stack.enter_context(FolderLock(run_dir, what="run folder", tag=tag))
-                check_run_dir(run_dir, replace(self.config, policy=policy), self.tasks)
+                cfg = replace(self.config, policy=policy, layers=run_layers(policy, self.config.layers))
+                check_run_dir(run_dir, cfg, self.tasks)
         except BaseException:
             self._stack.close()
             raise
@@ -419,16 +440,18 @@ def evaluate(
     import futuremask as fm
 
     if claim is None:
+        _check_layers(model, config.layers)
         with RunClaim(output_dir, config, policies, tasks) as own:
             return evaluate(model, processor, tasks, policies, output_dir, config, own)
+    _check_layers(model, config.layers)
     runs = []
     resolved = replace(config, max_context_len=context_len(model.config, config))
     for policy, run_dir in zip(policies, claim.dirs, strict=True):
-        cfg = replace(resolved, policy=policy)
+        cfg = replace(resolved, policy=policy, layers=run_layers(policy, config.layers))
         _prepare_run_dir(run_dir, cfg, tasks)
         total = sum(len(remaining(task, run_dir, cfg)) for task in tasks)
         label = policy + (f"+merge-{cfg.merge}" if cfg.merge else "")
-        handle = fm.apply(model, policy, merge=cfg.merge, backend=cfg.backend)
+        handle = fm.apply(model, policy, merge=cfg.merge, backend=cfg.backend, layers=cfg.layers)
         try:
             with _progress(total, label, cfg) as bar:
                 for task in tasks:
