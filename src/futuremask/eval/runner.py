@@ -105,10 +105,23 @@ def _load_images(paths: Sequence[str]):
 
 
 def _model_inputs(model, processor, prompts: Sequence[Prompt]) -> dict:
+    return batch_inputs(model, processor, [p.text for p in prompts], [_load_images(p.image_paths) for p in prompts])
+
+
+def batch_inputs(model, processor, texts: Sequence[str], images: Sequence[Sequence[Any]]) -> dict:
+    """Processor outputs for a left-padded batch of prompt texts, on the model's device and float dtype.
+
+    Args:
+        texts: one prompt text per row (chat template applied, images as the processor's image token).
+        images: one list of PIL images per row, in prompt order (empty lists for text-only rows).
+
+    Returns:
+        ``input_ids [B, L]``, ``attention_mask [B, L]``, pixels, ... (the BOS is not doubled when the
+        texts already start with it).
+    """
     tokenizer = getattr(processor, "tokenizer", processor)
     tokenizer.padding_side = "left"
-    texts = [p.text for p in prompts]
-    images = [_load_images(p.image_paths) for p in prompts]
+    texts, images = list(texts), [list(i) for i in images]
     bos = getattr(tokenizer, "bos_token", None)
     add_special = not (bos and all(t.startswith(bos) for t in texts))
     kwargs = dict(text=texts, padding=True, return_tensors="pt", add_special_tokens=add_special)
@@ -458,5 +471,5 @@ def evaluate(
     return runs
 
 
-__all__ = ["RunClaim", "RunConfig", "check_run_dir", "evaluate", "generate_batch", "model_slug", "remaining",
-           "run_dirs", "run_name", "run_task", "shard_from_env"]
+__all__ = ["RunClaim", "RunConfig", "batch_inputs", "check_run_dir", "evaluate", "generate_batch", "model_slug",
+           "remaining", "run_dirs", "run_name", "run_task", "shard_from_env"]
