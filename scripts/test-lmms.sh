@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-lmms.sh
-.venv-lmms/bin/ruff check tests-lmms
+.venv/bin/ruff check tests-lmms
 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv-lmms/bin/python -m pytest tests-lmms -p no:cacheprovider "$@"

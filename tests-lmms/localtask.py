@@ -92,7 +92,7 @@ def write(folder: Path, n: int = 6) -> list[dict]:
     data.write_text("".join(json.dumps(d) + "\n" for d in docs))
     (folder / "utils.py").write_text(UTILS)
     gen = ("doc_to_messages: !function utils.doc_to_messages\ndoc_to_target: answer\n"
-           f"generation_kwargs:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in GEN_KWARGS.items()))
+           "generation_kwargs:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in GEN_KWARGS.items()))
     mc = f"doc_to_target: label\ndoc_to_choice: {json.dumps(CHOICES)}"
     (folder / "fm_gen.yaml").write_text(TASK.format(name="fm_gen", data=data, output_type="generate_until",
                                                     extra=gen, metric="exact_match"))

@@ -70,7 +70,7 @@ def test_multiple_choice_losses_are_minus_continuation_logprob(launch, name):
         causal = reference.choice_scores(config.pretrained, "causal", "none", doc, localtask.CHOICES)
         assert [g for _, g in logged] == [g for _, g in expected], (name, doc["id"])
         assert [loss for loss, _ in logged] == pytest.approx([-lp for lp, _ in expected], abs=1e-4), (name, doc["id"])
-        policy_matters |= any(abs(a[0] - b[0]) > 1e-3 for a, b in zip(expected, causal))
+        policy_matters |= any(abs(a[0] - b[0]) > 1e-3 for a, b in zip(expected, causal, strict=True))
     assert policy_matters
 
 

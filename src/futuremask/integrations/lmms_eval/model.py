@@ -94,7 +94,7 @@ class _FutureMask(lmms):
     def _generate(self, chats: Sequence[Sequence[dict]], gen_kwargs: Sequence[dict]) -> list[str]:
         """Answers to ``chats`` (lmms-eval messages), each with its task's ``gen_kwargs``, in order."""
         rendered = [msg.render(self.processor, c) for c in chats]
-        keys = [(repr(sorted(g.items())), len(images)) for g, (_, images) in zip(gen_kwargs, rendered)]
+        keys = [(repr(sorted(g.items())), len(images)) for g, (_, images) in zip(gen_kwargs, rendered, strict=True)]
         answers: list[str] = [""] * len(chats)
         bar = tqdm(total=len(chats), desc="futuremask generate", disable=self.rank != 0)
         for batch in self._batches(keys):
@@ -104,7 +104,7 @@ class _FutureMask(lmms):
             with self._apply(), torch.no_grad():
                 out = self.model.generate(**inputs, **kwargs)
             texts = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            for i, text in zip(batch, texts):
+            for i, text in zip(batch, texts, strict=True):
                 answers[i] = msg.cut(text, until)
             bar.update(len(batch))
         bar.close()
@@ -120,7 +120,7 @@ class _FutureMask(lmms):
                prompt_keys: Sequence[Any]) -> list[Scored]:
         """``(-sum log p(continuation | chat), is_greedy)`` per request; ``prompt_keys`` name equal prompts."""
         rendered = [msg.render(self.processor, c) for c in chats]
-        conts = [msg.continuation_ids(self.tokenizer, text, c) for (text, _), c in zip(rendered, continuations)]
+        conts = [msg.continuation_ids(self.tokenizer, text, c) for (text, _), c in zip(rendered, continuations, strict=True)]
         results: list[Scored | None] = [None] * len(chats)
         bar = tqdm(total=len(chats), desc="futuremask loglikelihood", disable=self.rank != 0)
         for batch in self._batches([len(images) for _, images in rendered]):
@@ -129,7 +129,7 @@ class _FutureMask(lmms):
             logprobs = continuation_logprob(self.model, inputs, [conts[i] for i in batch], policy=self.args.policy,
                                             merge=self.args.merge, backend=self.args.backend)
             greedy = self._greedy(batch, texts, images, conts, prompt_keys)
-            for i, lp in zip(batch, logprobs.tolist()):
+            for i, lp in zip(batch, logprobs.tolist(), strict=True):
                 results[i] = Scored(-lp, greedy[i])
             bar.update(len(batch))
         bar.close()
