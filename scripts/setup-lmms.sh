@@ -16,7 +16,7 @@ own=$(.venv-lmms/bin/python -c "import sysconfig; print(sysconfig.get_paths()['p
 echo "$base" > "$own/_futuremask_base_venv.pth"   # .venv/'s packages, after .venv-lmms/'s own
 if ! .venv-lmms/bin/python -c "import lmms_eval, futuremask.integrations.lmms_eval.model" >/dev/null 2>&1 \
         || [ pyproject.toml -nt .venv-lmms/.futuremask-installed ]; then
-    .venv-lmms/bin/python -m pip install -q --disable-pip-version-check --no-deps "$LMMS_EVAL"
-    .venv-lmms/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,lmms]"
+    .venv-lmms/bin/python -m pip install -q --disable-pip-version-check --no-warn-conflicts --no-deps "$LMMS_EVAL"
+    .venv-lmms/bin/python -m pip install -q --disable-pip-version-check --no-warn-conflicts -e ".[dev,lmms]"
     touch .venv-lmms/.futuremask-installed
 fi

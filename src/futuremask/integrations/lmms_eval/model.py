@@ -15,8 +15,10 @@ the text context, the only kind lmms-eval sends ``multiple_choice`` / ``loglikel
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
+from importlib.metadata import version
 from typing import Any
 
 import torch
@@ -30,6 +32,11 @@ from ...eval.runner import batch_inputs
 from ...hf import apply, continuation_logprob
 from . import messages as msg
 from . import options
+
+TESTED_LMMS_EVAL = "0.7.3"  # the work-arounds below (Scored, the loss sign) are for this version
+if version("lmms-eval") != TESTED_LMMS_EVAL:
+    logging.getLogger(__name__).warning("futuremask: the lmms-eval plugin is tested with lmms-eval==%s, not %s",
+                                        TESTED_LMMS_EVAL, version("lmms-eval"))
 
 
 class Scored(GenerationResult):
