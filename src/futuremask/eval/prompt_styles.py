@@ -75,19 +75,36 @@ def to_model(model, inputs: dict) -> dict:
 # --- chat --------------------------------------------------------------------------------------------
 
 
-def chat_inputs(processor, prompts: Sequence[Prompt]) -> dict:
-    """The processor's inputs for a left-padded batch of chat prompts (special tokens added unless the
-    templated text already starts with BOS)."""
+def processor_batch(processor, texts: Sequence[str], images: Sequence[Sequence]) -> dict:
+    """The processor's inputs for a left-padded batch of prompt texts (CPU tensors).
+
+    Args:
+        texts: one prompt text per row (chat template applied, images as the processor's image token).
+        images: one list of PIL images per row, in prompt order (empty lists for text-only rows).
+
+    Returns:
+        ``input_ids [B, L]``, ``attention_mask [B, L]``, pixels, ... (special tokens are added unless every
+        text already starts with BOS, so the BOS is never doubled).
+    """
     tokenizer = getattr(processor, "tokenizer", processor)
     tokenizer.padding_side = "left"
-    texts = [p.text for p in prompts]
-    images = [load_images(p.image_paths) for p in prompts]
+    texts, images = list(texts), [list(i) for i in images]
     bos = getattr(tokenizer, "bos_token", None)
     add_special = not (bos and all(t.startswith(bos) for t in texts))
     kwargs = dict(text=texts, padding=True, return_tensors="pt", add_special_tokens=add_special)
     if any(images):
         kwargs["images"] = images
     return processor(**kwargs)
+
+
+def batch_inputs(model, processor, texts: Sequence[str], images: Sequence[Sequence]) -> dict:
+    """:func:`processor_batch` on the model's device, floating tensors in its dtype."""
+    return to_model(model, processor_batch(processor, texts, images))
+
+
+def chat_inputs(processor, prompts: Sequence[Prompt]) -> dict:
+    """The processor's inputs for a left-padded batch of chat prompts (their images loaded)."""
+    return processor_batch(processor, [p.text for p in prompts], [load_images(p.image_paths) for p in prompts])
 
 
 def _chat_build(sample: Sample, processor, settings: PromptSettings) -> Prompt:
@@ -161,4 +178,4 @@ def get_style(name: str) -> PromptStyle:
     return STYLES[name]
 
 
-__all__ = ["STYLES", "PromptSettings", "PromptStyle", "chat_inputs", "get_style", "load_images", "to_model"]
+__all__ = ["STYLES", "PromptSettings", "PromptStyle", "batch_inputs", "chat_inputs", "get_style", "load_images", "processor_batch", "to_model"]

@@ -1,1 +1,1 @@
-"""Integrations with other tools (optional dependencies, each imported only in its own subpackage)."""
+"""Integrations with other tools (lmms-eval, vLLM): optional dependencies, each imported only in its own module."""
