@@ -130,7 +130,9 @@ def _make_mask_builder(backend: str):
             merge = call.handle.merge
             sinks = None if merge is None else layout.sequence_sinks(merge.prefix)
             call.prefill = _Prefill(sinks=sinks, segment_end=layout.segment_end)
-        call.prefill.futures[id(base)] = FutureRows(overlay, base, q_length, batch_size, on=layout.valid.device)
+        call.prefill.futures[id(base)] = FutureRows(
+            overlay, base, q_length, batch_size, on=layout.valid.device, kv=int(kv_length)
+        )
         return base
 
     return build

@@ -29,6 +29,8 @@ class FutureRows:
         length: ``L``, the number of query rows and of prompt keys.
         batch_size: ``B``.
         on: the device of the layout (used when ``base`` is None).
+        kv: the number of key slots when ``base`` is None (default ``length``; more with a static cache,
+            whose slots after the prompt are never attended here).
     """
 
     overlay: MaskMod
@@ -36,6 +38,7 @@ class FutureRows:
     length: int
     batch_size: int
     on: torch.device | None = None
+    kv: int | None = None
     _found: dict = field(default_factory=dict, compare=False, repr=False)  # b -> rows with a future
     memo: dict = field(default_factory=dict, compare=False, repr=False)  # per-forward results (plans)
 
@@ -48,7 +51,9 @@ class FutureRows:
     @property
     def kv_length(self) -> int:
         """``Lk``: the keys of the base mask (more than ``L`` with a static cache)."""
-        return self.base.shape[-1] if self.base is not None else self.length
+        if self.base is not None:
+            return self.base.shape[-1]
+        return self.length if self.kv is None else self.kv
 
     def allowed(self, start: int, stop: int) -> torch.Tensor:
         """bool ``[B, stop - start, Lk]``: the keys query rows ``start:stop`` attend (base or future)."""
@@ -57,11 +62,13 @@ class FutureRows:
         keys = torch.arange(self.length, device=device)[None, None, :]
         b = torch.arange(self.batch_size, device=device)[:, None, None]
         extra = self.overlay(b, torch.zeros((), dtype=torch.long, device=device), q, keys)
-        extra = extra.expand(self.batch_size, stop - start, self.length)
+        base = self.base[:, 0, start:stop, : self.length] if self.base is not None else keys <= q
+        out = (base | extra).expand(self.batch_size, stop - start, self.length)
         if self.kv_length > self.length:  # static-cache slots after the prompt: only the base decides
-            extra = torch.nn.functional.pad(extra, (0, self.kv_length - self.length), value=False)
-        base = self.base[:, 0, start:stop] if self.base is not None else keys <= q
-        return base | extra
+            tail = self.base[:, 0, start:stop, self.length :] if self.base is not None else torch.zeros(
+                self.batch_size, stop - start, self.kv_length - self.length, dtype=torch.bool, device=device)
+            out = torch.cat([out, tail], dim=-1)
+        return out
 
     def dense(self) -> torch.Tensor:
         """bool ``[B, 1, L, Lk]``: the whole mask, built once and kept (for kernels that need a tensor)."""
