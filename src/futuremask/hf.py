@@ -151,7 +151,7 @@ def _or_guarded(mask_function, overlay, length: int):
 # --- attention functions (transformers' signature) --------------------------------------------------
 
 
-def _prompt_rows(attention_mask) -> FutureRows | None:
+def prompt_rows(attention_mask) -> FutureRows | None:
     """The policy's rows of the prompt pass whose model mask is ``attention_mask`` (None otherwise)."""
     call = _ACTIVE.get()
     prefill = call.prefill if call is not None else None
@@ -159,13 +159,13 @@ def _prompt_rows(attention_mask) -> FutureRows | None:
 
 
 def _sdpa_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    mask = _prompt_rows(attention_mask) or attention_mask
+    mask = prompt_rows(attention_mask) or attention_mask
     out = sdpa_attention(query, key, value, mask, scale=scaling, dropout=dropout)
     return out.transpose(1, 2).contiguous(), None
 
 
 def _eager_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    rows = _prompt_rows(attention_mask)
+    rows = prompt_rows(attention_mask)
     mask = attention_mask if rows is None else rows.dense()
     out, weights = eager_attention(
         query, key, value, mask, scale=scaling, dropout=dropout, training=module.training
@@ -181,7 +181,7 @@ def _flex_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=Non
 
 
 def _merge_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    future = _prompt_rows(attention_mask)
+    future = prompt_rows(attention_mask)
     if future is None:
         return _sdpa_fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
     prefill = _ACTIVE.get().prefill
