@@ -108,6 +108,8 @@ CASES = [
     ("future_v2v", "kernel", 1, "max", 1),
     ("future_v2t", "kernel", 5, "mean", 2),
     ("future", "kernel", 20, "max", 2),  # every row shorter than the window
+    ("future", "kernel", 20, "mean", 1),
+    ("future_v2v", "kernel", 4, "max", 1),
     ("mma", "kernel", 2, "max", 1),
     ("future", "lse", 3, "max", 1),
     ("future_v2v", "lse", 3, "max", 2),

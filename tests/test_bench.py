@@ -126,22 +126,29 @@ def test_mask_builder_runs_once_per_forward(tiny):
     assert tiny.config.text_config.num_hidden_layers == 2
 
 
-def test_blocked_path_in_model_plans_once_and_matches_plain_sdpa(tiny, monkeypatch):
-    inputs = _prompt(tiny, tokens_per_image=24, text_tokens=30)  # 78 tokens
+@pytest.mark.parametrize("padded", [False, True])
+def test_blocked_path_in_model_plans_once_and_equals_stock_model_with_dense_mask(tiny, monkeypatch, padded):
+    """The structured sdpa path (planned from the policy's rows, no dense mask) against the stock model
+    given the dense 4-D mask of fm.build_mask; the plan is made once per forward, for both layers."""
+    inputs = _prompt(tiny, tokens_per_image=24, text_tokens=30, batch=2)  # 78 tokens
+    if padded:  # row 1 left-padded by 5
+        inputs["input_ids"][1, :5] = 0
+        inputs["attention_mask"][1, :5] = 0
+    visual = inputs["input_ids"] == tiny.config.image_token_id
+    valid = inputs["attention_mask"].bool()
     plans = []
     real_plan = blocked.plan
     monkeypatch.setattr(blocked, "plan", lambda *a, **k: plans.append(1) or real_plan(*a, **k))
-    for policy in ("future", "mma"):
-        monkeypatch.setattr(sdpa, "MIN_BLOCKED_ROWS", 10**9)
-        with fm.apply(tiny, policy), torch.no_grad():
-            plain = tiny(**inputs).logits
-        assert plans == []
-        monkeypatch.setattr(sdpa, "MIN_BLOCKED_ROWS", 16)
-        with fm.apply(tiny, policy), torch.no_grad():
-            fast = tiny(**inputs).logits
-        assert len(plans) == 1  # once for both layers
+    monkeypatch.setattr(sdpa, "MIN_BLOCKED_ROWS", 16)
+    for policy in ("future", "future_v2v", "future_v2t", "mma", "image_bidirectional"):
+        dense = fm.build_mask(policy, visual, attention_mask=inputs["attention_mask"])[:, None]
+        with torch.no_grad():
+            want = tiny(input_ids=inputs["input_ids"], attention_mask=dense).logits
         plans.clear()
-        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+        with fm.apply(tiny, policy), torch.no_grad():
+            got = tiny(**inputs).logits
+        assert len(plans) == 1  # once for both layers
+        assert (got - want)[valid].abs().max() <= 1e-5, policy
 
 
 def test_variants_put_causal_first_and_skip_causal_merges():
@@ -377,3 +384,51 @@ def test_cli_bench_cuda_without_cuda(monkeypatch, capsys):
     monkeypatch.setattr("futuremask.bench.api.run_bench", lambda *a, **k: pytest.fail("the benchmark ran"))
     assert main([*_SMALL, "--device", "cuda"]) == 2
     assert "--device cuda: CUDA is not available on this machine" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_8k():
+    return synthetic_llava(SyntheticSize(hidden=32, layers=2, heads=4, kv_heads=2, vocab=64, max_positions=8192))
+
+
+@pytest.mark.parametrize("policy, merge", [("future", None), ("mma", None), ("future", "kernel"), ("mma", "lse")])
+def test_prompt_pass_at_8k_holds_no_tensor_of_l_by_l_elements(tiny_8k, policy, merge):
+    """An 8,192-token prompt: no tensor of any dtype (bool masks included) reaches L x L elements."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    inputs = synthetic_prompt(tiny_8k.config, PromptShape(2, 2048, 4096, 1))
+    length = inputs["input_ids"].shape[1]
+    biggest = [(0, "", ())]
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.numel() > biggest[0][0]:
+                    biggest[0] = (t.numel(), str(func), tuple(t.shape))
+            return out
+
+    with fm.apply(tiny_8k, policy, merge=merge), torch.no_grad(), Watch():
+        tiny_8k(**inputs)
+    assert length == 8192 and biggest[0][0] < length * length, biggest[0]
+
+
+def test_against_dense_mask_records(tiny):
+    from futuremask.bench.against import against_dense_mask, against_table
+
+    inputs = _prompt(tiny, tokens_per_image=12, text_tokens=12)
+    records = against_dense_mask(tiny, inputs, ["future", "mma"], repeats=2, exact_rss=False)
+    assert [r["policy"] for r in records] == ["future", "mma"]
+    for r in records:
+        assert r["ratio"] == r["apply_ms"] / r["dense_ms"] and r["apply_ms_min"] <= r["apply_ms"] <= r["apply_ms_max"]
+        assert r["prompt_tokens"] == 36 and r["visual_tokens"] == 24
+    assert "| mma |" in against_table(records)
+
+
+def test_eval_throughput_compares_predictions_across_batch_sizes():
+    from futuremask.bench.throughput import eval_throughput
+
+    records = eval_throughput((1, 3), ("future",), samples_per_task=3, max_new_tokens=3)
+    assert [r["batch_size"] for r in records] == [1, 3]
+    assert all(r["identical"] for r in records)  # batching changes no answer
+    assert records[0]["speedup"] == 1.0 and records[1]["samples"] == records[0]["samples"] > 0

@@ -142,34 +142,30 @@ def test_sdpa_attention_routes_long_prompts_through_blocked(monkeypatch):
 
 
 @pytest.mark.parametrize("length", [64, 256])
-def test_merge_kernel_scores_a_chunk_of_rows_at_a_time(monkeypatch, length):
+@pytest.mark.parametrize("kind", ["kernel", "lse"])
+def test_merge_kernel_scores_only_future_keys_a_chunk_of_rows_at_a_time(monkeypatch, length, kind):
+    """An image's rows are scored against their future keys alone (not all L), a bounded chunk at a time."""
     heads, dim = 4, 8
-    rows_wanted = 5
-    chunk_bytes = 4 * 6 * heads * length * rows_wanted  # the kernel's own sizing rule: 6 float32 [H, R, L]
     sizes = []
-    real = merge_kernel.corrected_rows
+    real = merge_kernel.run_bonus
     monkeypatch.setattr(
-        merge_kernel,
-        "corrected_rows",
-        lambda out, scores, *a, **k: sizes.append(scores.numel() * 4) or real(out, scores, *a, **k),
+        merge_kernel, "run_bonus", lambda scores, *a: sizes.append(tuple(scores.shape)) or real(scores, *a)
     )
     torch.manual_seed(2)
-    vis = _layout(length, [(length // 8, length // 2)])
+    start, stop = length // 8, length // 2
+    vis = _layout(length, [(start, stop)])
     layout = TokenLayout.from_masks(vis)
     base = policy_mask("causal", layout)
     future = policy_mask("future", layout) & ~base
     q, k, v = (torch.randn(1, heads, length, dim) for _ in range(3))
-    sinks = layout.sink_positions(1)
-    out = merge_kernel.merge_attention(
-        q, k, v, base, future, merge=Merge(), prefix_positions=sinks, chunk_bytes=chunk_bytes
-    )
-    whole = merge_kernel.merge_attention(
-        q, k, v, base, future, merge=Merge(), prefix_positions=sinks, chunk_bytes=2**40
-    )
-    torch.testing.assert_close(out, whole)
-    future_rows = int(future[0].any(-1).sum())
-    assert len(sizes) == -(-future_rows // rows_wanted) + 1  # chunks of this call, then one call for `whole`
-    assert max(sizes[:-1]) == heads * rows_wanted * length * 4 <= chunk_bytes / 6
+    args = dict(merge=Merge(kind=kind), prefix_positions=layout.sink_positions(1))
+    keys = length - start - 1  # the image's first row sees every later key: nothing else is scored
+    chunk_bytes = 4 * 3 * heads * keys * 5  # the kernel's sizing rule: 3 float32 [H, R, C], here R = 5
+    out = merge_kernel.merge_attention(q, k, v, base, future, chunk_bytes=chunk_bytes, **args)
+    assert [s[0] for s in sizes] == [heads] * len(sizes) and {s[1] for s in sizes} == {keys}  # [H, C, R]
+    assert sum(s[2] for s in sizes) == stop - start and max(s[2] for s in sizes) == 5
+    exact = merge_kernel.merge_attention(q.clone().requires_grad_(), k, v, base, future, **args).detach()
+    torch.testing.assert_close(out, exact)
 
 
 @pytest.mark.parametrize("policy", ["future", "future_v2v", "future_v2t", "mma"])

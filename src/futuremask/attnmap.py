@@ -18,7 +18,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .hf import apply
+from .hf import apply, prompt_rows
 from .kernels.common import repeat_kv
 from .layout import TokenLayout
 from .merge import Merge, merged_logits
@@ -79,8 +79,11 @@ def _num_layers(model) -> int:
 
 
 @contextlib.contextmanager
-def _record_layer(impl: str, layer: int) -> Iterator[dict[str, Any]]:
-    """While active, the attention function registered as ``impl`` records its inputs at ``layer``."""
+def _record_layer(impl: str, layer: int, policy_mask: bool) -> Iterator[dict[str, Any]]:
+    """While active, the attention function registered as ``impl`` records its inputs at ``layer``.
+
+    With ``policy_mask``, the mask recorded is the one the kernel applies: the prompt pass's policy rows
+    (kept beside the model's own mask, :func:`futuremask.hf.prompt_rows`) made dense."""
     original = ALL_ATTENTION_FUNCTIONS[impl]
     seen: dict[str, Any] = {"calls": 0}
 
@@ -89,7 +92,9 @@ def _record_layer(impl: str, layer: int) -> Iterator[dict[str, Any]]:
         index = seen["calls"] if index is None else index
         seen["calls"] += 1
         if index == layer:
-            seen.update(query=query.detach(), key=key.detach(), mask=attention_mask, scaling=kwargs.get("scaling"))
+            rows = prompt_rows(attention_mask) if policy_mask else None
+            mask = attention_mask if rows is None else rows.dense()
+            seen.update(query=query.detach(), key=key.detach(), mask=mask, scaling=kwargs.get("scaling"))
         return original(module, query, key, value, attention_mask, *args, **kwargs)
 
     AttentionInterface.register(impl, recorder)
@@ -151,7 +156,7 @@ def attention_map(
     handle = apply(model, policy, merge=merge, backend="sdpa")
     config = getattr(model.config, "text_config", None) or model.config
     try:
-        with _record_layer(config._attn_implementation, layer) as seen, torch.no_grad():
+        with _record_layer(config._attn_implementation, layer, merge is None) as seen, torch.no_grad():
             model(**inputs, use_cache=False)
     finally:
         handle.remove()

@@ -44,7 +44,7 @@ from .kernels.rows import FutureRows
 from .layers import LayerSpec, describe_layers, resolve_layers
 from .layout import PER_TOKEN_KEYS, TokenLayout, visual_token_ids
 from .merge import Merge
-from .policies import Policy, dense_mask, get_policy, overlay_mod
+from .policies import Policy, get_policy, overlay_mod
 
 BACKENDS = ("auto", "sdpa", "eager", "flex")
 IMPL_PREFIX = "futuremask_"
@@ -58,9 +58,9 @@ class PromptSplitError(RuntimeError):
 class _Prefill:
     """What the mask builder prepared for the attention functions of one prompt pass."""
 
-    sinks: torch.Tensor  # long [B, L, p]: each query's sink positions (first valid tokens of its sequence)
+    sinks: torch.Tensor | None  # long [B, L, p]: each query's sink positions (merge only)
     segment_end: torch.Tensor  # long [B, L]: one past the end of each query's segment
-    futures: dict[int, FutureRows] = field(default_factory=dict)  # id(base mask) -> its future keys
+    futures: dict[int, FutureRows] = field(default_factory=dict)  # id(base mask) -> the policy's rows
 
 
 @dataclass
@@ -125,19 +125,17 @@ def _make_mask_builder(backend: str):
             causal = base_builder(**args, **kwargs) if call.handle.layers is not None else None
             kwargs["mask_function"] = _or_guarded(kwargs["mask_function"], overlay, layout.length)
             return _keep_causal(call, base_builder(**args, **kwargs), causal)
-        merge = call.handle.merge
-        if merge is not None:  # the merge kernel evaluates the future rows a chunk at a time (FutureRows)
-            base = base_builder(**args, **kwargs)  # None when exactly causal: SDPA's is_causal path
-            if call.prefill is None:
-                call.prefill = _Prefill(sinks=layout.sequence_sinks(merge.prefix), segment_end=layout.segment_end)
-            call.prefill.futures[id(base)] = FutureRows(overlay, base, q_length, batch_size)
-            return base
-        kwargs["allow_is_causal_skip"] = False
+        # the model's own mask (None when exactly causal: SDPA's is_causal path) stands for the prompt
+        # pass's mask; the attention functions find the policy's rows under it, evaluated a block at a time
         base = base_builder(**args, **kwargs)
-        extra = dense_mask(overlay, batch_size, q_length, q_length, base.device)
-        if kv_length > q_length:  # a static cache: the slots after the prompt are never attended here
-            extra = torch.nn.functional.pad(extra, (0, kv_length - q_length), value=False)
-        return _keep_causal(call, base | extra[:, None], base)
+        if call.prefill is None:
+            merge = call.handle.merge
+            sinks = None if merge is None else layout.sequence_sinks(merge.prefix)
+            call.prefill = _Prefill(sinks=sinks, segment_end=layout.segment_end)
+        call.prefill.futures[id(base)] = FutureRows(
+            overlay, base, q_length, batch_size, on=layout.valid.device, kv=int(kv_length)
+        )
+        return base
 
     return build
 
@@ -195,16 +193,42 @@ def _or_guarded(mask_function, overlay, length: int):
 # --- attention functions (transformers' signature) --------------------------------------------------
 
 
+def prompt_rows(attention_mask) -> FutureRows | None:
+    """The policy's rows of the prompt pass whose model mask is ``attention_mask`` (None otherwise)."""
+    call = _ACTIVE.get()
+    prefill = call.prefill if call is not None else None
+    return prefill.futures.get(id(attention_mask)) if prefill is not None else None
+
+
+def _policy_rows(module, attention_mask, query) -> FutureRows | None:
+    """The policy's rows for this layer of a prompt pass; None on a decoding step or a layer a schedule leaves causal.
+
+    A prompt pass whose layer receives a mask the builder did not make (the model changed it on the way)
+    is refused rather than silently run causal.
+    """
+    rows = prompt_rows(attention_mask)
+    call = _ACTIVE.get()
+    if call is None or call.prefill is None or not call.handle.on_layer(module):
+        return None
+    if rows is None and query.shape[2] > 1:
+        raise RuntimeError(
+            f"futuremask: layer {getattr(module, 'layer_idx', '?')} of a prompt pass received an attention mask "
+            "that futuremask did not build (the model changed it on the way), so the policy cannot be applied to it"
+        )
+    return rows
+
+
 def _sdpa_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    attention_mask = _layer_mask(module, attention_mask)
-    out = sdpa_attention(query, key, value, attention_mask, scale=scaling, dropout=dropout)
+    mask = _policy_rows(module, attention_mask, query) or attention_mask
+    out = sdpa_attention(query, key, value, mask, scale=scaling, dropout=dropout)
     return out.transpose(1, 2).contiguous(), None
 
 
 def _eager_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    attention_mask = _layer_mask(module, attention_mask)
+    rows = _policy_rows(module, attention_mask, query)
+    mask = attention_mask if rows is None else rows.dense()
     out, weights = eager_attention(
-        query, key, value, attention_mask, scale=scaling, dropout=dropout, training=module.training
+        query, key, value, mask, scale=scaling, dropout=dropout, training=module.training
     )
     return out.transpose(1, 2).contiguous(), weights
 
@@ -217,16 +241,16 @@ def _flex_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=Non
 
 
 def _merge_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    call = _ACTIVE.get()
-    prefill = call.prefill if call is not None else None
-    future = prefill.futures.get(id(attention_mask)) if prefill is not None else None
-    if future is None or not call.handle.on_layer(module):  # a decoding step, or a causal layer
+    future = _policy_rows(module, attention_mask, query)
+    if future is None:  # a decoding step, or a layer the schedule leaves causal
         return _sdpa_fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
+    prefill = _ACTIVE.get().prefill
     length = query.shape[2]
     base = None if attention_mask is None else attention_mask[..., :length]
     out = merge_attention(
         query, key[:, :, :length], value[:, :, :length], base, future,
-        merge=call.handle.merge, prefix_positions=prefill.sinks, scale=scaling, prompt_end=prefill.segment_end,
+        merge=_ACTIVE.get().handle.merge, prefix_positions=prefill.sinks, scale=scaling,
+        prompt_end=prefill.segment_end,
     )
     return out.transpose(1, 2).contiguous(), None
 

@@ -53,6 +53,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--backend", default="auto", choices=("auto", "sdpa", "eager", "flex"))
     r.add_argument("--no-kernel-bench", action="store_true", help="skip the one-layer attention timing")
     r.add_argument(
+        "--against",
+        choices=("dense-mask",),
+        default=None,
+        help="dense-mask: time fm.apply's prompt pass against the stock model given fm.build_mask's 4-D mask",
+    )
+    r.add_argument(
+        "--eval-throughput",
+        nargs="*",
+        type=int,
+        default=None,
+        metavar="BATCH",
+        help="samples/s of `futuremask eval --demo` at these batch sizes (default 1 8), predictions compared",
+    )
+    r.add_argument(
         "--clock",
         default="auto",
         choices=("auto", "cpu", "wall"),
@@ -98,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     from .report import table
 
     _check_args(args)
+    if args.eval_throughput is not None:
+        return _throughput(args)
     size = SyntheticSize(
         hidden=args.hidden,
         layers=args.layers,
@@ -106,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         intermediate=args.intermediate,
         vocab=args.vocab,
     )
+    if args.against:
+        return _against(args, size)
     records = bench(
         args.model,
         size=size,
@@ -139,4 +157,44 @@ def run(args: argparse.Namespace) -> int:
         print(f"records written to {args.json_path}")
     if args.plot_path:
         print(f"plot written to {args.plot_path}")
+    return 0
+
+
+def _write(records: list[dict], path: str | None) -> None:
+    if path:
+        from .report import write_json
+
+        write_json(path, records)
+        print(f"records written to {path}")
+
+
+def _against(args: argparse.Namespace, size: SyntheticSize) -> int:
+    from .against import against_dense_mask, against_table
+    from .api import load_model
+    from .synthetic import PromptShape, synthetic_prompt
+
+    model = load_model(args.model, size=size, dtype=args.dtype, device=args.device)
+    shape = PromptShape(args.images, args.tokens_per_image, args.text_tokens, args.batch)
+    inputs = {k: v.to(args.device) for k, v in synthetic_prompt(model.config, shape).items()}
+    clock = args.clock if args.clock != "auto" else ("wall" if args.device.startswith("cuda") else "cpu")
+    policies = [p for p in args.policies if p not in ("causal", "original")] or ["future"]
+    records = against_dense_mask(model, inputs, policies, repeats=args.repeats, clock=clock,
+                                 exact_rss=not args.no_exact_rss)
+    print(f"{shape.length} prompt tokens, median of {args.repeats} rounds, {clock} clock; ratio = fm.apply / by hand")
+    print(against_table(records))
+    _write(records, args.json_path)
+    return 0
+
+
+def _throughput(args: argparse.Namespace) -> int:
+    from .throughput import eval_throughput, throughput_table
+
+    sizes = args.eval_throughput or [1, 8]
+    if any(b < 1 for b in sizes):
+        raise ValueError("--eval-throughput batch sizes must be >= 1")
+    clock = args.clock if args.clock != "auto" else "cpu"
+    policies = list(dict.fromkeys(args.policies)) if args.policies != list(PAPER_POLICIES) else ["causal", "future"]
+    records = eval_throughput(sizes, policies, clock=clock)
+    print(throughput_table(records))
+    _write(records, args.json_path)
     return 0

@@ -1,8 +1,9 @@
 """Kernel-level timing: one attention layer of the model's shape under each variant, nothing else.
 
 The model-level prefill also holds the projections and MLPs, whose cost no mask changes; timing the
-attention alone shows how the kernel's cost follows the attended pairs. The mask is built before
-the clock starts (the model builds it once per forward; that time is reported as ``mask_ms``).
+attention alone shows how the kernel's cost follows the attended pairs. The layer gets what a model's
+layer gets: the model's own mask (None without padding) and the policy's rows
+(:class:`~futuremask.kernels.rows.FutureRows`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from collections.abc import Callable
 import torch
 
 from ..kernels import blocked, merge_attention, sdpa_attention
+from ..kernels.future_runs import future_runs
+from ..kernels.rows import FutureRows
 from ..layout import TokenLayout
 from ..merge import Merge
-from ..policies import policy_mask
+from ..policies import overlay_mod, policy_mask
 
 
 def _heads(model) -> tuple[int, int, int, torch.dtype, torch.device]:
@@ -32,8 +35,9 @@ def attention_timer(
 ) -> Callable:
     """A function ``timer(variant) -> {"attn_ms"}`` timing one attention layer on ``layout``.
 
-    ``attn_ms`` is the SDPA (or merge) call itself; blocked SDPA's plan of the mask (CPU; once per
-    forward in a model, shared by all layers) is made before the clock starts.
+    ``attn_ms`` is the SDPA (or merge) call itself; blocked SDPA's plan of the mask, or the merge
+    kernel's runs of rows (CPU; once per forward in a model, shared by all layers), are made before
+    the clock starts.
 
     Queries ``[B, H, L, D]`` and keys/values ``[B, Hkv, L, D]`` are random, with the model's head
     counts, head size, dtype and device. ``now`` is the clock (wall or CPU time).
@@ -48,22 +52,25 @@ def attention_timer(
     lay = layout.to(device)
 
     def timer(variant) -> float:
-        base = policy_mask("causal", lay)[:, None]
+        # as in a model: the model's own mask (None = is_causal without padding) plus the policy's rows
+        base = None if bool(lay.valid.all()) else policy_mask("causal", lay)[:, None]
+        overlay = overlay_mod(variant.policy, lay)
+        rows = None if overlay is None else FutureRows(overlay, base, lay.length, lay.batch_size, on=device)
         if variant.merge is None:
-            mask = (
-                None
-                if variant.policy == "causal" and bool(lay.valid.all())
-                else policy_mask(variant.policy, lay)[:, None]
-            )
-            del base
+            mask = base if rows is None else rows
             fn = lambda: sdpa_attention(q, k, v, mask)  # noqa: E731
         else:
-            future = policy_mask(variant.policy, lay)[:, None] & ~base
             merge = Merge(kind=variant.merge)
-            sinks = lay.sink_positions(merge.prefix)
-            fn = lambda: merge_attention(q, k, v, base, future, merge=merge, prefix_positions=sinks)  # noqa: E731
-        if variant.merge is None and mask is not None and device.type == "cpu":
-            blocked.cached_plan(mask)  # once per forward in the model: timed by the model-level pass
+            sinks, ends = lay.sequence_sinks(merge.prefix), lay.segment_end
+            fn = lambda: merge_attention(  # noqa: E731
+                q, k, v, base, rows, merge=merge, prefix_positions=sinks, prompt_end=ends
+            )
+        if rows is not None and device.type == "cpu":  # once per forward in a model: timed by the model-level pass
+            if variant.merge is None:
+                blocked.cached_plan(rows)
+            else:
+                for b in range(lay.batch_size):
+                    future_runs(rows, b, ends[b], sinks[b])
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = now()

@@ -26,6 +26,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..policies import DENSE_CHUNK
+from .rows import FutureRows
+
 DEFAULT_BLOCK = 1024
 MAX_PIECES = 8
 _FULL, _SKIP, _MIXED = 2, 0, 1
@@ -54,6 +57,26 @@ class Block:
     pieces: tuple[Piece, ...]
 
 
+class _Rows:
+    """Rows of a mask, a block at a time: a bool ``[B, 1, Lq, Lk]`` tensor or a :class:`FutureRows`."""
+
+    def __init__(self, mask: torch.Tensor | FutureRows) -> None:
+        self.mask = mask
+        if isinstance(mask, FutureRows):
+            self.batch, self.lq, self.lk = mask.batch_size, mask.length, mask.kv_length
+            self.device = mask.device
+        else:
+            self.batch, self.lq, self.lk = mask.shape[0], mask.shape[2], mask.shape[3]
+            self.device = mask.device
+        self.step = max(1, DENSE_CHUNK // max(self.batch * self.lk, 1))  # rows per evaluated chunk
+
+    def get(self, start: int, stop: int) -> torch.Tensor:
+        """bool ``[B, stop - start, Lk]``."""
+        if isinstance(self.mask, FutureRows):
+            return self.mask.allowed(start, stop)
+        return self.mask[:, 0, start:stop]
+
+
 def _runs(status: torch.Tensor, offset: int) -> list[tuple[int, int, int]]:
     """Contiguous runs ``(start, stop, status)`` of a 1-D status vector, shifted by ``offset``."""
     if status.numel() == 0:
@@ -64,17 +87,32 @@ def _runs(status: torch.Tensor, offset: int) -> list[tuple[int, int, int]]:
     return [(offset + s, offset + e, v) for s, e, v in zip(bounds[:-1], bounds[1:], values, strict=True)]
 
 
-def _plan_block(rows: torch.Tensor, start: int, stop: int) -> tuple[Piece, ...]:
-    """Pieces of one block; ``rows`` is bool ``[B, n, Lk]`` (the block's rows of the mask)."""
-    n = stop - start
-    col_all = rows.all(dim=1).all(dim=0)
-    col_any = rows.any(dim=1).any(dim=0)
+def _column_status(rows: _Rows, start: int, stop: int) -> tuple[torch.Tensor, bool]:
+    """Per key of rows ``start:stop``: ``_FULL``/``_MIXED``/``_SKIP`` (int8 ``[Lk]``), and whether the
+    block's own square is exactly lower-triangular. Evaluated a chunk of rows at a time."""
+    col_all = col_any = None
+    tril = True
+    for a in range(start, stop, rows.step):
+        b = min(a + rows.step, stop)
+        chunk = rows.get(a, b)
+        c_all, c_any = chunk.all(dim=1).all(dim=0), chunk.any(dim=1).any(dim=0)
+        col_all = c_all if col_all is None else col_all & c_all
+        col_any = c_any if col_any is None else col_any | c_any
+        if tril:
+            diag = chunk[:, :, start:stop]
+            lower = torch.arange(start, stop, device=rows.device)[None, :] <= torch.arange(a, b, device=rows.device)[:, None]
+            tril = torch.equal(diag, lower.expand_as(diag))
     status = torch.where(col_all, _FULL, torch.where(col_any, _MIXED, _SKIP)).to(torch.int8)
-    diag = rows[:, :, start:stop]
+    return status, tril
+
+
+def _plan_block(rows: _Rows, start: int, stop: int, with_masks: bool = True) -> tuple[Piece, ...]:
+    """Pieces of query rows ``start:stop``; ``masked`` pieces get their mask slice when ``with_masks``."""
+    status, tril = _column_status(rows, start, stop)
     segments = _runs(status[:start], 0)
     if not (status[start:stop] == _MIXED).any():  # each key of the square is seen by all rows or none
         segments += _runs(status[start:stop], start)
-    elif torch.equal(diag, torch.ones(n, n, dtype=torch.bool, device=rows.device).tril().expand_as(diag)):
+    elif tril:
         segments.append((start, stop, -1))  # the causal square
     else:
         segments.append((start, stop, _MIXED))
@@ -89,14 +127,17 @@ def _plan_block(rows: torch.Tensor, start: int, stop: int) -> tuple[Piece, ...]:
             merged.append([s, e, v])
     if len(merged) > MAX_PIECES:  # too fragmented: one masked piece over the span
         merged = [[merged[0][0], merged[-1][1], _MIXED]]
+    block_rows = rows.get(start, stop) if with_masks and any(v == _MIXED for _, _, v in merged) else None
     pieces = []
     for s, e, v in merged:
         if v == _FULL:
             pieces.append(Piece(s, e, "full"))
         elif v == -1:
             pieces.append(Piece(s, e, "causal"))
+        elif block_rows is None:
+            pieces.append(Piece(s, e, "masked"))
         else:
-            m = rows[:, None, :, s:e].contiguous()
+            m = block_rows[:, None, :, s:e].contiguous()
             pieces.append(Piece(s, e, "masked", mask=m, row_any=m.any(-1)))
     return tuple(pieces)
 
@@ -104,22 +145,23 @@ def _plan_block(rows: torch.Tensor, start: int, stop: int) -> tuple[Piece, ...]:
 _SAME, _GROW, _BREAK, _EITHER = 0, 1, 2, 3
 
 
-def _transitions(mask: torch.Tensor, chunk: int) -> list[int]:
+def _transitions(rows: _Rows) -> list[int]:
     """Per row ``i >= 1``: ``_SAME`` (row equals row ``i-1``), ``_GROW`` (it adds only key ``i``), ``_BREAK``
     (anything else, in some batch row), or ``_EITHER`` (batch rows disagree between same and grow)."""
-    lq, lk = mask.shape[2], mask.shape[3]
+    lq, lk, device = rows.lq, rows.lk, rows.device
     kinds: list[int] = []
-    for c0 in range(1, lq, chunk):
-        c1 = min(c0 + chunk, lq)
-        rows, prev = mask[:, 0, c0:c1], mask[:, 0, c0 - 1 : c1 - 1]  # [B, n, Lk]
-        own = torch.arange(c0, c1, device=mask.device).clamp(max=lk - 1)
-        local = torch.arange(c1 - c0, device=mask.device)
-        inside = own >= torch.arange(c0, c1, device=mask.device)  # key i exists
-        diff = rows ^ prev
-        gains_own = rows[:, local, own] & ~prev[:, local, own] & inside  # [B, n]
+    for c0 in range(1, lq, rows.step):
+        c1 = min(c0 + rows.step, lq)
+        both = rows.get(c0 - 1, c1)
+        cur, prev = both[:, 1:], both[:, :-1]  # [B, n, Lk]
+        own = torch.arange(c0, c1, device=device).clamp(max=lk - 1)
+        local = torch.arange(c1 - c0, device=device)
+        inside = own >= torch.arange(c0, c1, device=device)  # key i exists
+        diff = cur ^ prev
+        gains_own = cur[:, local, own] & ~prev[:, local, own] & inside  # [B, n]
         diff[:, local, own] &= ~inside  # ignore key i itself ...
         other = diff.any(-1)  # ... any other difference breaks the run
-        same = ~other & ~gains_own & (~inside | (rows[:, local, own] == prev[:, local, own]))
+        same = ~other & ~gains_own & (~inside | (cur[:, local, own] == prev[:, local, own]))
         grow = ~other & gains_own
         kind = torch.full_like(other, _BREAK, dtype=torch.int8)
         kind[same] = _SAME
@@ -133,49 +175,47 @@ def _transitions(mask: torch.Tensor, chunk: int) -> list[int]:
     return kinds
 
 
-def row_runs(mask: torch.Tensor, max_rows: int | None = None, chunk: int = 1024) -> list[tuple[int, int]]:
+def row_runs(mask: torch.Tensor | FutureRows, max_rows: int | None = None) -> list[tuple[int, int]]:
     """Maximal runs of query rows that are all identical, or a causal staircase (each adds its own key).
 
     In such a run the keys outside the run's own square are the same for every row, and the square is
     full or lower-triangular. Runs longer than ``max_rows`` (if given) are cut. ``mask`` is bool
-    ``[B, 1, Lq, Lk]``; rows are compared ``chunk`` at a time.
+    ``[B, 1, Lq, Lk]`` or a :class:`FutureRows`; rows are compared a chunk at a time.
     """
-    lq = mask.shape[2]
+    rows = mask if isinstance(mask, _Rows) else _Rows(mask)
     starts, run_kind = [0], None
-    for i, kind in enumerate(_transitions(mask, chunk), start=1):
+    for i, kind in enumerate(_transitions(rows), start=1):
         if kind == _BREAK or (run_kind is not None and kind not in (run_kind, _EITHER)):
             starts.append(i)
             run_kind = None
         elif kind != _EITHER:
             run_kind = kind
-    starts.append(lq)
-    step = max_rows or lq
+    starts.append(rows.lq)
+    step = max_rows or rows.lq
     runs = []
     for s, e in zip(starts[:-1], starts[1:], strict=True):
         runs += [(a, min(a + step, e)) for a in range(s, e, step)]
     return runs
 
 
-def plan(mask: torch.Tensor, block: int = DEFAULT_BLOCK) -> tuple[Block, ...]:
-    """Split a bool mask ``[B, 1, Lq, Lk]`` into row runs and their key pieces.
+def plan(mask: torch.Tensor | FutureRows, block: int = DEFAULT_BLOCK) -> tuple[Block, ...]:
+    """Split a mask into row runs and their key pieces.
 
-    A run with a ``masked`` piece is cut into blocks of at most ``block`` rows, which bounds the float
-    mask SDPA makes of it to ``block x Lk`` elements.
+    ``mask`` is a bool ``[B, 1, Lq, Lk]`` tensor or a :class:`FutureRows` (the mask of a prompt pass,
+    evaluated a chunk of rows at a time: no ``Lq x Lk`` tensor is made). A run with a ``masked``
+    piece is cut into blocks of at most ``block`` rows, which bounds the float mask SDPA makes of it
+    to ``block x Lk`` elements.
     """
-    if mask.dim() != 4 or mask.shape[1] != 1 or mask.dtype != torch.bool:
+    if not isinstance(mask, FutureRows) and (mask.dim() != 4 or mask.shape[1] != 1 or mask.dtype != torch.bool):
         raise ValueError(
             f"blocked SDPA needs a bool mask [B, 1, Lq, Lk]; got {tuple(mask.shape)} {mask.dtype}"
         )
+    rows = _Rows(mask)
     blocks = []
-    for s, e in row_runs(mask, mask.shape[2]):
-        pieces = _plan_block(mask[:, 0, s:e], s, e)
+    for s, e in row_runs(rows):
+        pieces = _plan_block(rows, s, e, with_masks=e - s <= block)
         if e - s > block and any(p.kind == "masked" for p in pieces):  # bound the per-call float mask
-            blocks += [
-                Block(
-                    a, min(a + block, e), _plan_block(mask[:, 0, a : min(a + block, e)], a, min(a + block, e))
-                )
-                for a in range(s, e, block)
-            ]
+            blocks += [Block(a, min(a + block, e), _plan_block(rows, a, min(a + block, e))) for a in range(s, e, block)]
         else:
             blocks.append(Block(s, e, pieces))
     return tuple(blocks)
@@ -184,8 +224,14 @@ def plan(mask: torch.Tensor, block: int = DEFAULT_BLOCK) -> tuple[Block, ...]:
 _cache: dict[str, object] = {"ref": None, "version": None, "block": None, "plan": None}
 
 
-def cached_plan(mask: torch.Tensor, block: int = DEFAULT_BLOCK) -> tuple[Block, ...]:
-    """:func:`plan`, memoised for the last mask seen (every layer of a forward passes the same tensor)."""
+def cached_plan(mask: torch.Tensor | FutureRows, block: int = DEFAULT_BLOCK) -> tuple[Block, ...]:
+    """:func:`plan`, memoised for the last mask tensor seen (every layer of a forward passes the same
+    tensor), or kept on the :class:`FutureRows` itself (which lives for one forward)."""
+    if isinstance(mask, FutureRows):
+        key = ("plan", block)
+        if key not in mask.memo:
+            mask.memo[key] = plan(mask, block)
+        return mask.memo[key]
     ref = _cache["ref"]
     if ref is not None and ref() is mask and _cache["version"] == mask._version and _cache["block"] == block:
         return _cache["plan"]  # type: ignore[return-value]
@@ -235,41 +281,55 @@ def _group_call(q, k, v, kind: str, members: list[Piece], scale: float | None, w
     return out, lse
 
 
-def _block_attention(q, k, v, pieces: tuple[Piece, ...], scale: float | None) -> torch.Tensor:
+def _block_attention(q, k, v, pieces: tuple[Piece, ...], scale: float | None, with_lse: bool):
+    """One block's output ``[B, H, n, D]`` (and, with ``with_lse``, its log-sum-exp float ``[B, H, n]``)."""
     if not pieces:
-        return torch.zeros_like(q)
+        empty = torch.full(q.shape[:-1], float("-inf"), dtype=_lse_dtype(q), device=q.device)
+        return (torch.zeros_like(q), empty) if with_lse else torch.zeros_like(q)
     groups = _groups(pieces)
     if len(groups) == 1:
-        return _group_call(q, k, v, *groups[0], scale, with_lse=False)
+        return _group_call(q, k, v, *groups[0], scale, with_lse=with_lse)
     parts = [_group_call(q, k, v, kind, members, scale, with_lse=True) for kind, members in groups]
     lse = torch.stack([lse for _, lse in parts])  # [P, B, H, n]
     top = lse.amax(0)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     weights = torch.exp(lse - top)  # [P, B, H, n]
     total = weights.sum(0)
-    out = sum(w[..., None] * o.float() for w, (o, _) in zip(weights, parts, strict=True))
-    out = out / torch.where(total > 0, total, torch.ones_like(total))[..., None]
-    return out.to(q.dtype)
+    acc = torch.promote_types(q.dtype, torch.float32)
+    out = sum(w[..., None].to(acc) * o.to(acc) for w, (o, _) in zip(weights, parts, strict=True))
+    out = (out / torch.where(total > 0, total, torch.ones_like(total))[..., None]).to(q.dtype)
+    return (out, top + torch.log(total)) if with_lse else out
+
+
+def _lse_dtype(q: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(q.dtype, torch.float32)
 
 
 def blocked_sdpa(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | FutureRows,
     *,
     scale: float | None = None,
     block: int = DEFAULT_BLOCK,
-) -> torch.Tensor:
-    """``[B, H, Lq, D]``: the same result as SDPA under ``mask`` (bool ``[B, 1, Lq, Lk]``), block by block.
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``[B, H, Lq, D]``: the same result as SDPA under ``mask``, block by block.
 
-    ``k``/``v`` must already have ``H`` heads. Query row ``i`` is taken to sit at key position ``i``
-    (a prompt pass from an empty cache). Rows with no allowed key come out as zeros.
+    ``mask`` is bool ``[B, 1, Lq, Lk]`` or a :class:`FutureRows` (planned a chunk of rows at a time,
+    never held whole). ``k``/``v`` must already have ``H`` heads. Query row ``i`` is taken to sit at key
+    position ``i`` (a prompt pass from an empty cache). Rows with no allowed key come out as zeros.
+    With ``return_lse`` also the log-sum-exp of each row's scaled scores, float ``[B, H, Lq]``
+    (float32 at least, ``-inf`` for rows with no key): CPU only (PyTorch's CPU flash kernel reports it).
     """
     blocks = cached_plan(mask, block)
     out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:-1], dtype=_lse_dtype(q), device=q.device) if return_lse else None
     for blk in blocks:
-        out[:, :, blk.start : blk.stop] = _block_attention(
-            q[:, :, blk.start : blk.stop], k, v, blk.pieces, scale
-        )
-    return out
+        part = _block_attention(q[:, :, blk.start : blk.stop], k, v, blk.pieces, scale, return_lse)
+        if return_lse:
+            out[:, :, blk.start : blk.stop], lse[:, :, blk.start : blk.stop] = part
+        else:
+            out[:, :, blk.start : blk.stop] = part
+    return (out, lse) if return_lse else out

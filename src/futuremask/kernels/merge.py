@@ -11,12 +11,15 @@ from __future__ import annotations
 import torch
 
 from ..merge import Merge, merged_logits
+from .blocked import blocked_sdpa
 from .common import as_4d, expand_heads
-from .merge_fast import corrected_rows
+from .future_runs import FutureRun, future_runs
+from .merge_fast import corrected_rows, run_bonus, sink_correction, window_columns
 from .rows import FutureRows
 from .sdpa import sdpa_attention
 
 DEFAULT_CHUNK_BYTES = 32 * 2**20
+RUN_CHUNK_BYTES = 8 * 2**20  # a run's chunks stay smaller: their scores are re-read by the pooling (cache)
 
 
 def merge_attention(
@@ -53,34 +56,104 @@ def merge_attention(
     base4 = as_4d(base)
     if not isinstance(future, FutureRows):
         future = _DenseRows(as_4d(future), base4)
-    out = sdpa_attention(q, k, v, base4, scale=scale)
-    if out.requires_grad:
-        out = out.clone()  # the merged rows are written in place below
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    k, v = expand_heads(q, k, v)
-    heads, length = q.shape[1], k.shape[2]
+    batch, heads, length = q.shape[0], q.shape[1], q.shape[2]
+    ends = _row_ends(prompt_end, batch, length, q.device)
+    sinks = prefix_positions.to(q.device)
+    sinks = sinks[:, None].expand(batch, length, -1) if sinks.dim() == 2 else sinks  # [B, L, p]: per query
     chunk_bytes = DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    rows_per_chunk = max(1, chunk_bytes // (4 * 6 * heads * length))
-    for b in range(q.shape[0]):
-        rows = future.rows_with_future(b, q.device)
-        acc = torch.promote_types(q.dtype, torch.float32)  # scores in float32 at least
-        kf, vf = k[b].to(acc), v[b].to(acc)
-        end_b = None if prompt_end is None else prompt_end[b]
-        for group, sinks, end in _row_groups(rows, prefix_positions[b], end_b, length):
-            for start in range(0, group.numel(), rows_per_chunk):
-                r = group[start : start + rows_per_chunk]
-                base_r, fut_r = future.base_rows(b, r), future.rows(b, r)
-                scores = torch.matmul(q[b, :, r].to(acc), kf.transpose(-1, -2)) * scale
-                if not out.requires_grad:  # inference: correct the causal rows at the sinks (merge_fast.py)
-                    merged, exact = corrected_rows(out[b, :, r], scores, base_r, fut_r, r, sinks, merge, vf, end)
-                    out[b, :, r] = merged.to(out.dtype)
-                    r, scores, base_r, fut_r = r[exact], scores[:, exact], base_r[exact], fut_r[exact]
-                    if r.numel() == 0:
-                        continue
-                logits = merged_logits(scores, base_r, fut_r, r, sinks, merge, end)
-                weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
-                out[b, :, r] = torch.matmul(weights, vf).to(out.dtype)
+    fast = q.device.type == "cpu" and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
+    if fast:  # the causal pass reports each row's log-sum-exp: a run needs only its future scores
+        out, lse = _causal_with_lse(q, k, v, base4, scale)
+    else:
+        out, lse = sdpa_attention(q, k, v, base4, scale=scale), None
+        if out.requires_grad:
+            out = out.clone()  # the merged rows are written in place below
+    k, v = expand_heads(q, k, v)
+    for b in range(batch):
+        if fast:
+            runs, rows = future_runs(future, b, ends[b], sinks[b])
+            redo = [_merge_run(q[b], k[b], v[b], out[b], lse[b], run, future, b, sinks[b, run.start], merge,
+                               scale, chunk_bytes) for run in runs]
+            rows = torch.cat([rows, *redo])
+        else:
+            rows = future.rows_with_future(b, q.device)
+        _merge_rows(q[b], k[b], v[b], out[b], rows, future, b, sinks[b], merge, ends[b], scale,
+                    max(1, chunk_bytes // (4 * 6 * heads * length)))
     return out
+
+
+def _row_ends(prompt_end: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
+    """long ``[B, L]``: each query row's future end, from ``[B]`` (one per sequence) or ``[B, L]``."""
+    if prompt_end is None:
+        return torch.full((batch, length), length, dtype=torch.long, device=device)
+    ends = torch.as_tensor(prompt_end, device=device).long()
+    return ends[:, None].expand(batch, length) if ends.dim() == 1 else ends
+
+
+def _causal_with_lse(q, k, v, base, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPU: attention over ``base`` (None = causal) and each row's log-sum-exp, float ``[B, H, L]``."""
+    k, v = expand_heads(q, k, v)
+    if base is None:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=scale)
+    return blocked_sdpa(q, k, v, base, scale=scale, return_lse=True)
+
+
+def _merge_run(q, k, v, out, lse, run: FutureRun, future: FutureRows, b: int, sinks: torch.Tensor,
+               merge: Merge, scale: float, chunk_bytes: int) -> torch.Tensor:
+    """Merge the rows of one run of batch row ``b`` in place in ``out`` (``[H, L, D]``); returns the rows
+    (long ``[n]``) to recompute exactly. q/k/v: ``[H, L, D]``; lse: float ``[H, L]``; sinks: long ``[p]``."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    heads, length = q.shape[0], q.shape[1]
+    if merge.kind == "kernel":
+        real, is_key = window_columns(run.keys, run.start, run.end, merge.kernel)
+        keys = torch.where(is_key[None, :, None], k[:, real].to(acc), 0.0)  # f is 0 off the future keys
+    else:
+        real = run.keys
+        keys = k[:, real].to(acc)
+    sinks = sinks[sinks < length]
+    sink_keys, sink_values = k[:, sinks].to(acc), v[:, sinks].to(acc)
+    per_chunk = max(1, min(chunk_bytes, RUN_CHUNK_BYTES) // (4 * 3 * heads * max(real.numel(), 1)))
+    redo = []
+    for a in range(run.start, run.stop, per_chunk):
+        b_ = min(a + per_chunk, run.stop)
+        rows = torch.arange(a, b_, device=q.device)
+        qr = q[:, a:b_].to(acc)
+        scores = torch.matmul(keys, qr.transpose(-1, -2)).mul_(scale)  # [H, C, R]: the future scores only
+        bonus = run_bonus(scores, real, rows, run.end, merge, sinks.numel())
+        del scores
+        keep = rows[:, None] >= sinks[None, :]  # [R, g]: the sink is attended (and not after the row)
+        if future.base is not None:
+            keep &= future.base[b, 0][rows[:, None], sinks[None, :]]
+        sink_scores = torch.matmul(qr, sink_keys.transpose(-1, -2)).mul_(scale)
+        merged, exact = sink_correction(out[:, a:b_], lse[:, a:b_], sink_scores, bonus, keep, sink_values, merge)
+        out[:, a:b_] = merged.to(out.dtype)
+        if exact.any():
+            redo.append(rows[exact])
+    return torch.cat(redo) if redo else torch.zeros(0, dtype=torch.long, device=q.device)
+
+
+def _merge_rows(q, k, v, out, rows: torch.Tensor, future: FutureRows, b: int, sinks: torch.Tensor,
+                merge: Merge, ends: torch.Tensor, scale: float, rows_per_chunk: int) -> None:
+    """The general path: merge ``rows`` of batch row ``b`` from their scores against every key.
+
+    sinks: long ``[L, p]``, ends: long ``[L]``, per query."""
+    acc = torch.promote_types(q.dtype, torch.float32)  # scores in float32 at least
+    kf, vf = k.to(acc), v.to(acc)
+    for group, group_sinks, end in _row_groups(rows, sinks, ends, k.shape[1]):
+        for start in range(0, group.numel(), rows_per_chunk):
+            r = group[start : start + rows_per_chunk]
+            base_r, fut_r = future.base_rows(b, r), future.rows(b, r)
+            scores = torch.matmul(q[:, r].to(acc), kf.transpose(-1, -2)) * scale
+            if not out.requires_grad:  # inference: correct the causal rows at the sinks (merge_fast.py)
+                merged, exact = corrected_rows(out[:, r], scores, base_r, fut_r, r, group_sinks, merge, vf, end)
+                out[:, r] = merged.to(out.dtype)
+                r, scores, base_r, fut_r = r[exact], scores[:, exact], base_r[exact], fut_r[exact]
+                if r.numel() == 0:
+                    continue
+            logits = merged_logits(scores, base_r, fut_r, r, group_sinks, merge, end)
+            weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+            out[:, r] = torch.matmul(weights, vf).to(out.dtype)
 
 
 def _row_groups(

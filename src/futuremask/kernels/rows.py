@@ -1,8 +1,9 @@
 """Row-wise views of a prompt pass's masks, evaluated a block of rows at a time (never ``L x L`` at once).
 
-The merge kernel needs, for a chunk of query rows, their causal keys and their extra future keys.
-Held densely these are two ``[B, L, L]`` bool tensors (128 MiB at 8k tokens); :class:`FutureRows`
-keeps the policy's overlay function instead and evaluates the rows the kernel asks for.
+The kernels need, for a block of query rows, their causal keys and their extra future keys. Held
+densely these are ``[B, L, L]`` bool tensors (64 MiB each at 8k tokens, 1 GiB at 32k);
+:class:`FutureRows` keeps the policy's overlay function instead and evaluates the rows a kernel asks
+for: the merge kernel its future keys, blocked SDPA's plan the allowed keys (base or future).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from ..policies import DENSE_CHUNK
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -25,17 +28,58 @@ class FutureRows:
             (``j <= i``, no padding), as SDPA's ``is_causal``.
         length: ``L``, the number of query rows and of prompt keys.
         batch_size: ``B``.
+        on: the device of the layout (used when ``base`` is None).
+        kv: the number of key slots when ``base`` is None (default ``length``; more with a static cache,
+            whose slots after the prompt are never attended here).
     """
 
     overlay: MaskMod
     base: torch.Tensor | None
     length: int
     batch_size: int
+    on: torch.device | None = None
+    kv: int | None = None
     _found: dict = field(default_factory=dict, compare=False, repr=False)  # b -> rows with a future
+    memo: dict = field(default_factory=dict, compare=False, repr=False)  # per-forward results (plans)
 
     @property
     def device(self) -> torch.device:
-        return self.base.device if self.base is not None else torch.device("cpu")
+        if self.base is not None:
+            return self.base.device
+        return self.on if self.on is not None else torch.device("cpu")
+
+    @property
+    def kv_length(self) -> int:
+        """``Lk``: the keys of the base mask (more than ``L`` with a static cache)."""
+        if self.base is not None:
+            return self.base.shape[-1]
+        return self.length if self.kv is None else self.kv
+
+    def allowed(self, start: int, stop: int) -> torch.Tensor:
+        """bool ``[B, stop - start, Lk]``: the keys query rows ``start:stop`` attend (base or future)."""
+        device = self.device
+        q = torch.arange(start, stop, device=device)[None, :, None]
+        keys = torch.arange(self.length, device=device)[None, None, :]
+        b = torch.arange(self.batch_size, device=device)[:, None, None]
+        extra = self.overlay(b, torch.zeros((), dtype=torch.long, device=device), q, keys)
+        base = self.base[:, 0, start:stop, : self.length] if self.base is not None else keys <= q
+        out = (base | extra).expand(self.batch_size, stop - start, self.length)
+        if self.kv_length > self.length:  # static-cache slots after the prompt: only the base decides
+            tail = self.base[:, 0, start:stop, self.length :] if self.base is not None else torch.zeros(
+                self.batch_size, stop - start, self.kv_length - self.length, dtype=torch.bool, device=device)
+            out = torch.cat([out, tail], dim=-1)
+        return out
+
+    def dense(self) -> torch.Tensor:
+        """bool ``[B, 1, L, Lk]``: the whole mask, built once and kept (for kernels that need a tensor)."""
+        if "dense" not in self.memo:
+            out = torch.empty(self.batch_size, 1, self.length, self.kv_length, dtype=torch.bool, device=self.device)
+            step = max(1, DENSE_CHUNK // max(self.batch_size * self.kv_length, 1))
+            for start in range(0, self.length, step):
+                stop = min(start + step, self.length)
+                out[:, 0, start:stop] = self.allowed(start, stop)
+            self.memo["dense"] = out
+        return self.memo["dense"]
 
     def base_rows(self, b: int, rows: torch.Tensor) -> torch.Tensor:
         """bool ``[R, L]``: the attended keys of query ``rows`` (long ``[R]``) of batch row ``b``."""
