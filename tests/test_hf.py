@@ -363,3 +363,27 @@ def test_prefilled_cache_is_refused(llava, prompts):
     with fm.apply(model, "future"), pytest.raises(fm.PromptSplitError, match="whole prompt in one pass"):
         model.generate(**inputs, past_key_values=cache, max_new_tokens=2)
     assert model.config.text_config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_a_layer_mask_changed_by_the_model_is_refused_not_run_causal(llava, batch, backend):
+    """The layers find the policy's rows by the mask object the builder made; a model (or a hook) that hands a
+    layer another mask object must get an error, since that layer would otherwise run causal silently."""
+    model, _ = llava
+    attn = model.model.language_model.layers[1].self_attn
+
+    def swap(module, args, kwargs):
+        if kwargs.get("attention_mask") is not None:
+            kwargs["attention_mask"] = kwargs["attention_mask"].clone()
+        return args, kwargs
+
+    hook = attn.register_forward_pre_hook(swap, with_kwargs=True)
+    try:
+        assert batch["attention_mask"].min() == 0  # padded: the layers receive a mask tensor
+        with fm.apply(model, "future", backend=backend), torch.no_grad():
+            with pytest.raises(RuntimeError, match="layer 1 of a prompt pass received an attention mask"):
+                model(**batch)
+        with fm.apply(model, "causal", backend=backend), torch.no_grad():
+            model(**batch)  # the stock mask needs nothing found: causal runs as the stock model
+    finally:
+        hook.remove()
