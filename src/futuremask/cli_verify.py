@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .merge import MERGE_KINDS, POOLS, Merge
+from .names import BACKENDS, MERGE_KINDS, POOLS
 from .policies import accepted_names, policy_names
 
 
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="weights dtype (default float32, the most exact comparison)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--backend", default="auto", choices=("auto", "sdpa", "eager", "flex"))
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--atol", type=float, help="accepted difference relative to max(1, max |logits|) "
                    "(default 1e-4 in float32, 3e-2 otherwise)")
     p.add_argument("--max-new-tokens", type=int, default=3, help="greedy steps compared (default 3)")
@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, open_image
+    from .merge import Merge
     from .verify import check_settings, format_table, verify
 
     check_settings(args.atol, args.max_new_tokens)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .layout import TokenLayout
-from .merge import MERGE_KINDS, POOLS, Merge
+from .names import DEFAULT_PANELS, MERGE_KINDS, MERGE_PANEL, POOLS
 from .policies import accepted_names, get_policy
-from .viz import DEFAULT_PANELS, MERGE_PANEL, parse_layout, spans
+
+if TYPE_CHECKING:
+    from .layout import TokenLayout
+    from .merge import Merge
 
 DEFAULT_LAYOUT = "T4 V16 T6 V16 T8"
 
@@ -63,6 +65,8 @@ def _prompt_args(p: argparse.ArgumentParser) -> None:
 
 
 def _describe(layout: TokenLayout) -> str:
+    from .viz import spans
+
     return ", ".join(s.label for s in spans(layout))
 
 
@@ -71,6 +75,7 @@ def prompt_layout(model: str, image: str | None, prompt: str | None) -> TokenLay
     from transformers import AutoConfig
 
     from .checkpoint import load_processor, open_image, sample_inputs
+    from .layout import TokenLayout
 
     processor = load_processor(model)
     config = AutoConfig.from_pretrained(model)
@@ -88,7 +93,7 @@ def _check_output(path: str) -> None:
 
 
 def run_show_mask(args: argparse.Namespace) -> int:
-    from .viz import plot_mask
+    from .viz import parse_layout, plot_mask
 
     _check_output(args.output)
     if args.model:
@@ -108,6 +113,8 @@ def run_show_mask(args: argparse.Namespace) -> int:
 
 def parse_policy(spec: str, args: argparse.Namespace) -> tuple[str, Merge | None]:
     """``"future"`` / ``"future+kernel"`` -> ``(policy name, Merge or None)``; ``--merge`` fills in the kind."""
+    from .merge import Merge
+
     name, _, kind = spec.partition("+")
     name = get_policy(name).name
     kind = kind or (args.merge if name != "causal" else None)

@@ -44,9 +44,9 @@ from .kernels.rows import FutureRows
 from .layers import LayerSpec, describe_layers, resolve_layers
 from .layout import PER_TOKEN_KEYS, TokenLayout, visual_token_ids
 from .merge import Merge
+from .names import BACKENDS
 from .policies import Policy, get_policy, overlay_mod
 
-BACKENDS = ("auto", "sdpa", "eager", "flex")
 IMPL_PREFIX = "futuremask_"
 
 
@@ -589,4 +589,7 @@ def continuation_logprob(
     return (token_logp * keep).sum(dim=1)
 
 
-__all__ = ["FutureMask", "MissingPromptError", "PromptSplitError", "apply", "continuation_logprob", "BACKENDS"]
+Handle = FutureMask
+"""What :func:`apply` returns is a handle on the model (``remove()``, a context manager), not a mask."""
+
+__all__ = ["BACKENDS", "FutureMask", "Handle", "MissingPromptError", "PromptSplitError", "apply", "continuation_logprob"]

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-MERGE_KINDS = ("kernel", "lse")
-POOLS = ("max", "mean")
+from .names import MERGE_KINDS, POOLS
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the registry is torch-free at import, so the CLI lists policies without loading torch
+    import torch
 
-from .layout import TokenLayout
+    from .layout import TokenLayout
 
-Overlay = Callable[[TokenLayout, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Overlay = Callable[["TokenLayout", "torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+MaskMod = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,8 @@ def dense_mask(mod: MaskMod, batch_size: int, q_length: int, kv_length: int, dev
     Large grids are filled a block of query rows at a time, so the temporaries of ``mod`` stay at
     about :data:`DENSE_CHUNK` cells whatever ``L``; the result is the only full-size tensor.
     """
+    import torch
+
     b = torch.arange(batch_size, device=device)[:, None, None]
     h = torch.zeros((), dtype=torch.long, device=device)
     q = torch.arange(q_length, device=device)[None, :, None]
@@ -251,6 +255,8 @@ def build_mask(
                 [1, 1, 1, 0],
                 [1, 1, 1, 1]], dtype=torch.int32)
     """
+    from .layout import TokenLayout
+
     layout = TokenLayout.from_masks(
         is_visual, attention_mask=attention_mask, prompt_mask=prompt_mask, modality=modality,
         position_ids=position_ids,

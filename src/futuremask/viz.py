@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .layout import IMAGE, TEXT, VIDEO, TokenLayout
+from .names import DEFAULT_PANELS, MERGE_PANEL
 from .policies import build_mask, get_policy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,8 +30,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .attnmap import AttentionMap
 
-MERGE_PANEL = "merge"
-DEFAULT_PANELS = ("causal", "future", "future_v2v", "future_v2t", "mma", MERGE_PANEL)
 PANEL_TITLES = {
     "causal": "causal",
     "future": "future  (M^f)",

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from .run import PAPER_POLICIES, BenchSettings, run_bench
+from ..names import BENCH_POLICIES
+from .run import BenchSettings, run_bench
 from .synthetic import PromptShape, SyntheticSize, parameter_count, synthetic_llava, synthetic_prompt
 
 SYNTHETIC = "synthetic"
@@ -50,7 +51,7 @@ def bench(
     text_tokens: int = 1152,
     batch: int = 1,
     new_tokens: int = 16,
-    policies: Sequence[str] = PAPER_POLICIES,
+    policies: Sequence[str] = BENCH_POLICIES,
     merges: Sequence[str | None] = (None, "kernel"),
     repeats: int = 3,
     backend: str = "auto",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..names import BACKENDS, BENCH_POLICIES, MERGE_KINDS
 from ..policies import accepted_names
-from .run import PAPER_POLICIES
-from .synthetic import SyntheticSize
+from .shapes import SyntheticSize
 
 _SIZE = SyntheticSize()
 
@@ -40,17 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--batch", type=int, default=1)
     r = p.add_argument_group("run")
     r.add_argument(
-        "--policies", nargs="+", default=list(PAPER_POLICIES), choices=accepted_names()
+        "--policies", nargs="+", default=list(BENCH_POLICIES), choices=accepted_names()
     )
     r.add_argument(
         "--merge",
         nargs="+",
         default=["none", "kernel"],
-        choices=("none", "kernel", "lse"),
+        choices=("none", *MERGE_KINDS),
         help="merge kinds to measure ('none' = the policy's mask itself)",
     )
     r.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all variants")
-    r.add_argument("--backend", default="auto", choices=("auto", "sdpa", "eager", "flex"))
+    r.add_argument("--backend", default="auto", choices=BACKENDS)
     r.add_argument("--no-kernel-bench", action="store_true", help="skip the one-layer attention timing")
     r.add_argument(
         "--against",
@@ -193,7 +193,7 @@ def _throughput(args: argparse.Namespace) -> int:
     if any(b < 1 for b in sizes):
         raise ValueError("--eval-throughput batch sizes must be >= 1")
     clock = args.clock if args.clock != "auto" else "cpu"
-    policies = list(dict.fromkeys(args.policies)) if args.policies != list(PAPER_POLICIES) else ["causal", "future"]
+    policies = list(dict.fromkeys(args.policies)) if args.policies != list(BENCH_POLICIES) else ["causal", "future"]
     records = eval_throughput(sizes, policies, clock=clock)
     print(throughput_table(records))
     _write(records, args.json_path)

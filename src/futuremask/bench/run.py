@@ -39,11 +39,11 @@ from ..hf import IMPL_PREFIX
 from ..kernels import blocked
 from ..layout import TokenLayout
 from ..merge import Merge
+from ..names import BENCH_POLICIES
 from ..policies import allowed_mod, get_policy
 from .kernel import attention_timer
 from .memory import PeakMemory, exact_rss_accounting
 
-PAPER_POLICIES = ("causal", "future", "future_v2v", "future_v2t", "mma")
 METRICS = ("prefill_ms", "decode_ms_per_token", "peak_mem_mb", "attn_ms")
 
 
@@ -201,7 +201,7 @@ def attended_pairs(policy: str, layout: TokenLayout, rows_per_chunk: int = 1024)
 class BenchSettings:
     """What to run: variants, repeats and the generation length (the prompt comes with the inputs)."""
 
-    policies: Sequence[str] = PAPER_POLICIES
+    policies: Sequence[str] = BENCH_POLICIES
     merges: Sequence[str | None] = (None, "kernel")
     new_tokens: int = 16
     repeats: int = 3

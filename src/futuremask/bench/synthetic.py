@@ -10,26 +10,10 @@ and the backbone's work are exactly those of a real multimodal prompt of that sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-
-@dataclass(frozen=True)
-class SyntheticSize:
-    """Shape of the synthetic model's Llama backbone (``intermediate=None``: ``8/3 * hidden``, rounded)."""
-
-    hidden: int = 768
-    layers: int = 8
-    heads: int = 12
-    kv_heads: int = 12
-    intermediate: int | None = None
-    vocab: int = 32000
-    max_positions: int = 16384
-
-    def intermediate_size(self) -> int:
-        return self.intermediate or 64 * round(self.hidden * 8 / 3 / 64)
+from .shapes import PromptShape, SyntheticSize
 
 
 def synthetic_llava(size: SyntheticSize | None = None, *, seed: int = 0) -> LlavaForConditionalGeneration:
@@ -90,24 +74,6 @@ def parameter_count(model: torch.nn.Module, text_only: bool = True) -> int:
     if head is not None and head.weight is not lm.get_input_embeddings().weight:
         n += head.weight.numel()
     return n
-
-
-@dataclass(frozen=True)
-class PromptShape:
-    """A synthetic prompt: ``images`` runs of ``tokens_per_image`` placeholders among ``text_tokens`` texts.
-
-    The text is split into ``images + 1`` near-equal segments (``text, image, text, ..., image, text``),
-    so text follows every image, as in a question after the pictures. The first text id is BOS.
-    """
-
-    images: int = 2
-    tokens_per_image: int = 576
-    text_tokens: int = 1152
-    batch: int = 1
-
-    @property
-    def length(self) -> int:
-        return self.images * self.tokens_per_image + self.text_tokens
 
 
 def image_token_id(config) -> int:

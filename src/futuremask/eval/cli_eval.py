@@ -15,10 +15,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ..names import BACKENDS, MERGE_KINDS, PAPER_POLICIES
 from . import cli_style
 
-DEMO_POLICIES = ("causal", "future", "future_v2v", "future_v2t", "mma")
-PAPER_POLICIES = ["causal", "future", "future_v2v", "future_v2t"]
+DEMO_POLICIES = (*PAPER_POLICIES, "mma")
 DEMO_SAMPLES = 24
 DEMO_MAX_NEW_TOKENS = 8
 
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="offline demo: generate a small benchmark, run every policy with the tiny demo VLM, score")
     p.add_argument("--policy", nargs="+", default=None, metavar="POLICY",
                    help=f"one or several mask policies (default: {' '.join(PAPER_POLICIES)}; demo: all)")
-    p.add_argument("--merge", "--compress-future", dest="merge", choices=["kernel", "lse"], default=None,
+    p.add_argument("--merge", "--compress-future", dest="merge", choices=MERGE_KINDS, default=None,
                    help="light future-aware attention: fold the future into the sink (kernel = the paper's)")
     p.add_argument("--policy-map", default=None, metavar="JSON",
                    help="run each task under its own policy from a policy_map.json ({task: {policy, merge}}, "
@@ -51,7 +51,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments ``eval`` and ``tune`` share: data, model, schedule, tasks, generation, device, output."""
     p.add_argument("--data-dir", help="MileBench folder holding <Task>/<Task>.json and <Task>/images/")
     p.add_argument("--model", help="local path or Hugging Face hub id of a VLM (AutoModelForImageTextToText)")
-    p.add_argument("--backend", choices=["auto", "sdpa", "eager", "flex"], default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--layers", default=None, metavar="LAYERS",
                    help="apply the policy on these text layers only, causal on the others: e.g. 0-15 or 0-7,12 "
                         "(default: all)")

@@ -3,10 +3,13 @@
 ``futuremask.apply(model, policy)`` already makes a forward pass with ``labels`` train correctly: every
 supervised token starts a new segment, so the answer never reaches a visual row. A training forward
 without labels needs ``prompt_mask``: :class:`SFTCollator` emits it, :class:`PromptMaskCollator` adds it
-to any other collator's batches (TRL's, for example). This package adds the data side (:class:`SFTCollator`, MileBench examples) and the
-``futuremask train`` command. Submodules import transformers lazily.
+to any other collator's batches (TRL's, for example). This package adds the data side (:class:`SFTCollator`,
+MileBench examples) and the ``futuremask train`` command. Names load on first use, so the command's
+registration loads no torch.
 """
 
-from .collator import PromptMaskCollator, SFTCollator
+from .._lazy import lazy_exports
 
-__all__ = ["PromptMaskCollator", "SFTCollator"]
+_EXPORTS = {"PromptMaskCollator": ".collator", "SFTCollator": ".collator"}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -19,6 +19,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from ..names import BACKENDS, MERGE_KINDS
 from ..policies import accepted_names
 
 DEMO_TRAIN_SEED = 1  # the evaluation demo data (`futuremask eval --demo`) uses seed 0
@@ -52,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--policy", default="causal", choices=accepted_names(), help="mask policy during training")
-    opt.add_argument("--merge", choices=("kernel", "lse"), help="train with the light merge instead")
-    opt.add_argument("--backend", default="sdpa", choices=("sdpa", "eager", "flex", "auto"))
+    opt.add_argument("--merge", choices=MERGE_KINDS, help="train with the light merge instead")
+    opt.add_argument("--backend", default="sdpa", choices=BACKENDS)
     opt.add_argument("--steps", type=int, default=4000)
     opt.add_argument("--batch-size", type=int, default=16)
     opt.add_argument("--lr", type=float, default=1.5e-3)
