@@ -85,8 +85,37 @@ def _check_text(value: Any, field: str, where: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class RuleOutput:
+    """What the official scorer writes for the tasks of one scoring rule.
+
+    Attributes:
+        metric: the headline key of ``eval.json`` (the mean of the sample scores).
+        graded: every sample scores 0 or 1, kept in its record as ``"result"`` (ROUGE-L is a float).
+        choices: multi-choice: the data's ``choice_list`` joins each record, and the records are written
+            back normalised with the extracted option (``pred_with_extracted.json``).
+        digits: rounding of a sample's score in ``eval_score.json`` (None: as it is).
+    """
+
+    metric: str
+    graded: bool = True
+    choices: bool = False
+    digits: int | None = None
+
+
+RULE_OUTPUTS = {
+    "choice": RuleOutput("Accuracy", choices=True),
+    "needle": RuleOutput("Accuracy"),
+    "substring": RuleOutput("Accuracy"),
+    "rouge": RuleOutput("Rouge-L f", graded=False, digits=3),
+}
+
+
 def score_task(task: str, annotation: dict[str, Any], predictions: list[dict[str, Any]]) -> TaskScores:
     """Score one task's predictions against its annotation file, without touching the disk.
+
+    Three steps: :func:`check_task` (validate and join the data to the predictions), one
+    :func:`score_record` per prediction, :func:`aggregate` (the files' contents).
 
     Args:
         task: the task name (decides the needle / MMCoQA rules).
@@ -97,6 +126,16 @@ def score_task(task: str, annotation: dict[str, Any], predictions: list[dict[str
         ValueError: empty predictions, a count different from the data count, a missing or duplicated
             sample id, a gold answer outside the choices, a non-string response.
     """
+    rule, records = check_task(task, annotation, predictions)
+    scores = [score_record(rule, rec, f"{task} sample {rec['sample_id']!r}") for rec in records]
+    return aggregate(task, rule, records, scores)
+
+
+def check_task(
+    task: str, annotation: dict[str, Any], predictions: list[dict[str, Any]]
+) -> tuple[str, list[dict[str, Any]]]:
+    """``(rule, records)``: copies of the predictions, each joined with its sample's gold answer,
+    images and (multi-choice) choices, in prediction order; ValueError naming what does not fit."""
     meta = annotation.get("meta_data", {})
     if "question_type" not in meta:
         raise ValueError(
@@ -113,21 +152,8 @@ def score_task(task: str, annotation: dict[str, Any], predictions: list[dict[str
             f"{task}: pred.json has {len(predictions)} predictions but the data has {len(data)} samples; "
             "finish (or re-run) the generation for every sample before scoring"
         )
-
-    for rec in predictions:
-        if not isinstance(rec, dict):
-            found = f"{type(rec).__name__}: {rec!r:.200}"
-            raise ValueError(f"{task}: pred.json must hold JSON objects, found {found}")
     records = [copy.deepcopy(rec) for rec in predictions]
-    by_id: dict[Any, dict[str, Any]] = {}
-    for rec in records:
-        if "sample_id" not in rec:
-            raise ValueError(f"{task}: a prediction has no 'sample_id': {rec!r:.200}")
-        key = _id_key(rec["sample_id"])
-        if key in by_id:
-            raise ValueError(f"{task}: sample_id {rec['sample_id']!r} appears twice in pred.json")
-        by_id[key] = rec
-
+    by_id = _index_predictions(task, records)
     seen: set[Any] = set()
     for sample in data:
         if not isinstance(sample, dict):
@@ -140,54 +166,79 @@ def score_task(task: str, annotation: dict[str, Any], predictions: list[dict[str
         rec = by_id.get(key)
         if rec is None:
             raise ValueError(f"{where}: no prediction with this sample_id in pred.json")
-        instance = sample.get("task_instance", {})
-        if rule == "choice":
-            if "choice_list" not in instance:
-                raise ValueError(f"{where}: multi-choice task without task_instance.choice_list")
-            rec["choice_list"] = list(instance["choice_list"])
-        images = instance.get("images_path")
-        if not isinstance(images, list):
-            raise ValueError(f"{where}: task_instance.images_path is missing or not a list")
-        rec["image_quantity_level"] = sample.get("image_quantity_level", quantity_level(len(images)))
-        rec["image"] = list(images)
-        # the gold answer always comes from the data: a corrected answer counts without regenerating
-        if sample.get("response") is None:
-            raise ValueError(f"{where}: the sample has no gold answer 'response'")
-        rec["gt_response"] = str(sample["response"])
+        _join_sample(rec, sample, RULE_OUTPUTS[rule], where)
+    return rule, records
 
+
+def _index_predictions(task: str, records: list[Any]) -> dict[Any, dict[str, Any]]:
+    """Prediction records by sample id (:func:`_id_key`); each must be an object with a unique id."""
+    for rec in records:
+        if not isinstance(rec, dict):
+            found = f"{type(rec).__name__}: {rec!r:.200}"
+            raise ValueError(f"{task}: pred.json must hold JSON objects, found {found}")
+    by_id: dict[Any, dict[str, Any]] = {}
+    for rec in records:
+        if "sample_id" not in rec:
+            raise ValueError(f"{task}: a prediction has no 'sample_id': {rec!r:.200}")
+        key = _id_key(rec["sample_id"])
+        if key in by_id:
+            raise ValueError(f"{task}: sample_id {rec['sample_id']!r} appears twice in pred.json")
+        by_id[key] = rec
+    return by_id
+
+
+def _join_sample(rec: dict[str, Any], sample: dict[str, Any], output: RuleOutput, where: str) -> None:
+    """Copy what scoring reads from the data sample into the prediction record ``rec``."""
+    instance = sample.get("task_instance", {})
+    if output.choices:
+        if "choice_list" not in instance:
+            raise ValueError(f"{where}: multi-choice task without task_instance.choice_list")
+        rec["choice_list"] = list(instance["choice_list"])
+    images = instance.get("images_path")
+    if not isinstance(images, list):
+        raise ValueError(f"{where}: task_instance.images_path is missing or not a list")
+    rec["image_quantity_level"] = sample.get("image_quantity_level", quantity_level(len(images)))
+    rec["image"] = list(images)
+    # the gold answer always comes from the data: a corrected answer counts without regenerating
+    if sample.get("response") is None:
+        raise ValueError(f"{where}: the sample has no gold answer 'response'")
+    rec["gt_response"] = str(sample["response"])
+
+
+def score_record(rule: str, rec: dict[str, Any], where: str) -> float | int:
+    """One joined record's score under ``rule``; writes what the official files keep into ``rec``."""
+    output = RULE_OUTPUTS[rule]
+    gold = _check_text(rec["gt_response"], "gt_response", where)
+    pred = _check_text(rec.get("pred_response"), "pred_response", where)
+    try:
+        score, extracted = score_answer(rule, pred, gold, rec.get("choice_list"))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{where}: {err}") from err
+    if output.choices:
+        rec["gt_response"] = normalize_answer(gold)
+        rec["pred_response"] = normalize_answer(pred)
+        rec["choice_list"] = [normalize_answer(choice) for choice in rec["choice_list"]]
+        rec["extracted"] = extracted
+    if output.graded:
+        rec["result"] = score
+    return score
+
+
+def aggregate(task: str, rule: str, records: list[dict[str, Any]], scores: list[float | int]) -> TaskScores:
+    """The task's ``eval.json`` (mean, per image-quantity level) and ``eval_score.json`` from the scores."""
+    output = RULE_OUTPUTS[rule]
     per_level: dict[str, list[float | int]] = {level: [] for level in LEVELS}
     sample_scores: list[dict[str, str]] = []
-    scores: list[float | int] = []
-    for rec in records:
-        where = f"{task} sample {rec['sample_id']!r}"
-        gold = _check_text(rec["gt_response"], "gt_response", where)
-        pred = _check_text(rec.get("pred_response"), "pred_response", where)
-        try:
-            score, extracted = score_answer(rule, pred, gold, rec.get("choice_list"))
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{where}: {err}") from err
-        if rule == "choice":
-            rec["gt_response"] = normalize_answer(gold)
-            rec["pred_response"] = normalize_answer(pred)
-            rec["choice_list"] = [normalize_answer(choice) for choice in rec["choice_list"]]
-            rec["extracted"] = extracted
-        if rule != "rouge":
-            rec["result"] = score
-        scores.append(score)
+    for rec, score in zip(records, scores, strict=True):
         per_level[quantity_level(len(rec["image"]))].append(score)
-        shown = round(score, 3) if rule == "rouge" else score
+        shown = score if output.digits is None else round(score, output.digits)
         sample_scores.append({"id": str(rec["sample_id"]), "score": str(shown)})
-
-    if rule == "rouge":
-        metric, value = "Rouge-L f", float(np.mean(scores))
-    else:
-        metric, value = "Accuracy", sum(scores) / len(scores)
     eval_result = {
-        metric: value,
+        output.metric: float(np.mean(scores)),
         "image_quantity_level-Accuracy": {k: float(np.mean(v)) if v else 0 for k, v in per_level.items()},
         "image_quantity_level-Result": {k: [sum(v), len(v)] for k, v in per_level.items()},
     }
-    return TaskScores(task, rule, eval_result, sample_scores, records if rule == "choice" else None)
+    return TaskScores(task, rule, eval_result, sample_scores, records if output.choices else None)
 
 
 def load_annotation(data_dir: str | os.PathLike, task: str, adv: bool = False) -> dict[str, Any]:
