@@ -10,9 +10,9 @@ from :func:`futuremask.build_mask`; nothing here re-implements a policy.
 
 from __future__ import annotations
 
+import io
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .io import write_bytes_atomic
 from .layout import IMAGE, TEXT, VIDEO, TokenLayout
 from .names import DEFAULT_PANELS, MERGE_PANEL
 from .policies import build_mask, get_policy
@@ -292,25 +293,15 @@ def plot_attention(
 
 
 def save_figure(fig: Figure, output: str | os.PathLike) -> str:
-    """Write ``fig`` atomically (temporary file, then rename); the format follows the extension."""
+    """Write ``fig`` atomically (:func:`futuremask.io.write_bytes_atomic`); the format follows the extension."""
     path = os.fspath(output)
     ext = os.path.splitext(path)[1].lower().lstrip(".")
     if ext not in ("png", "svg", "pdf"):
         raise ValueError(f"cannot tell the picture format of {path!r}: end the file name with .png, .svg or .pdf")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".futuremask-", suffix="." + ext)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        meta = {"Date": None} if ext == "svg" else ({"CreationDate": None} if ext == "pdf" else None)
-        fig.savefig(tmp, format=ext, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    meta = {"Date": None} if ext == "svg" else ({"CreationDate": None} if ext == "pdf" else None)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=ext, metadata=meta)
+    write_bytes_atomic(path, buffer.getvalue())
     return path
 
 

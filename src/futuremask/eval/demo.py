@@ -29,7 +29,7 @@ word-level tokenizer.
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import random
 from collections.abc import Callable
@@ -37,6 +37,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..io import write_bytes_atomic, write_json_atomic
 from ..tiny import BASE_WORDS
 
 IMAGE_SIZE = 32
@@ -208,20 +209,10 @@ def _check_words(text: str, where: str) -> None:
         raise AssertionError(f"demo words missing from DEMO_WORDS in {where}: {unknown}")
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _write_json(path: Path, payload) -> None:
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
-
-
 def _write_png(path: Path, image: Image.Image) -> None:
-    tmp = _tmp(path)
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def generate_demo_data(
@@ -270,7 +261,7 @@ def generate_demo_data(
             })
         meta = {"task": name, "task_instruction": [instruction], "question_type": question_type}
         _check_words(instruction, f"{name} instruction")
-        _write_json(out / name / f"{name}.json", {"meta_data": meta, "data": data})
+        write_json_atomic(out / name / f"{name}.json", {"meta_data": meta, "data": data}, indent=2)
     return names
 
 
