@@ -217,3 +217,33 @@ def test_attention_keeps_dtype_and_shape():
     q, k, v = (t.to(torch.bfloat16) for t in make_qkv())
     out = fm.attention(q, k, v, policy="future_v2v", is_visual=torch.tensor([0, 1, 1, 0, 1, 0, 0, 1, 0]).bool())
     assert out.shape == q.shape and out.dtype == torch.bfloat16
+
+
+MERGES = [
+    fm.Merge("kernel"), fm.Merge("kernel", kernel=2, pool="mean", prefix=2), fm.Merge("lse"), fm.Merge("lse", prefix=2),
+]
+
+
+@pytest.mark.parametrize("merge", MERGES, ids=lambda m: f"{m.kind}-{m.pool}-k{m.kernel}-p{m.prefix}")
+@pytest.mark.parametrize("grad", [False, True], ids=["sink-correction", "autograd"])
+def test_merge_kernel_matches_the_reference(merge, grad):
+    """The row-chunked kernel (both its paths) equals fm.attention's row-by-row merge, with padding,
+    a supervised continuation and two packed sequences in one row."""
+    q, k, v = make_qkv(batch=2, length=16, seed=5)
+    vis = torch.tensor([[0, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0],
+                        [0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0]]).bool()
+    attn = torch.tensor([[1] * 16, [0, 0] + [1] * 14])
+    prompt = attn.bool().clone()
+    prompt[0, 14:] = False  # a continuation the windows stop before
+    positions = torch.tensor([list(range(9)) + list(range(7)), list(range(16))])  # row 0: two sequences
+    want = fm.attention(q, k, v, policy="future", is_visual=vis, attention_mask=attn, prompt_mask=prompt,
+                        position_ids=positions, merge=merge)
+    layout = TokenLayout.from_masks(vis, attention_mask=attn, prompt_mask=prompt, position_ids=positions)
+    base = fm.build_mask("causal", vis, attention_mask=attn, prompt_mask=prompt, position_ids=positions)
+    future = fm.build_mask("future", vis, attention_mask=attn, prompt_mask=prompt, position_ids=positions) & ~base
+    got = merge_attention(q.clone().requires_grad_(grad), k, v, base, future, merge=merge,
+                          prefix_positions=layout.sequence_sinks(merge.prefix), prompt_end=layout.segment_end,
+                          chunk_bytes=1).detach()
+    valid = attn.bool()[:, None, :, None].expand_as(got)
+    assert future.any()  # the case has merged rows
+    torch.testing.assert_close(got[valid], want[valid], atol=1e-10, rtol=1e-9)

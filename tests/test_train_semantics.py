@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import futuremask as fm
+from futuremask.kernels import merge_attention
 from futuremask.layout import IGNORE_INDEX, TokenLayout
 from futuremask.tiny import tiny_llava
 
@@ -158,10 +159,15 @@ def test_merge_gradients_match_finite_differences(policy, kind):
     prompt = am.bool().clone()
     prompt[:, -2:] = False
     keep = am.bool()[:, None, :, None].expand(b, h, length, d)
+    # the kernel the model trains with (fm.attention computes the merge its own, slow, literal way)
+    layout = TokenLayout.from_masks(vis.expand(b, -1), attention_mask=am, prompt_mask=prompt)
+    base = fm.build_mask("causal", vis, attention_mask=am, prompt_mask=prompt)
+    future = fm.build_mask(policy, vis, attention_mask=am, prompt_mask=prompt) & ~base
+    merge = fm.Merge(kind)
 
     def f(q, k, v):
-        return fm.attention(q, k, v, policy=policy, is_visual=vis, attention_mask=am, prompt_mask=prompt,
-                            merge=kind)[keep]
+        return merge_attention(q, k, v, base, future, merge=merge, prefix_positions=layout.sequence_sinks(1),
+                               prompt_end=layout.segment_end)[keep]
 
     assert torch.autograd.gradcheck(f, (q, k, v))
 

@@ -20,7 +20,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .hf import apply, prompt_rows
 from .kernels.common import repeat_kv
-from .layout import TokenLayout
+from .layout import TokenLayout, text_config
 from .merge import Merge, merged_logits
 from .policies import get_policy, policy_mask
 
@@ -74,7 +74,7 @@ class AttentionMap:
 
 
 def _num_layers(model) -> int:
-    config = getattr(model.config, "text_config", None) or model.config
+    config = text_config(model.config)
     return int(config.num_hidden_layers)
 
 
@@ -154,7 +154,7 @@ def attention_map(
         mm_token_type_ids=inputs.get("mm_token_type_ids"),
     ).to("cpu")
     handle = apply(model, policy, merge=merge, backend="sdpa")
-    config = getattr(model.config, "text_config", None) or model.config
+    config = text_config(model.config)
     try:
         with _record_layer(config._attn_implementation, layer, merge is None) as seen, torch.no_grad():
             model(**inputs, use_cache=False)

@@ -42,7 +42,7 @@ from .hf_train import (
 from .kernels import eager_attention, flex_attention, merge_attention, sdpa_attention
 from .kernels.rows import FutureRows
 from .layers import LayerSpec, describe_layers, resolve_layers
-from .layout import PER_TOKEN_KEYS, TokenLayout, visual_token_ids
+from .layout import PER_TOKEN_KEYS, TokenLayout, text_config, visual_token_ids
 from .merge import Merge
 from .names import BACKENDS
 from .policies import Policy, get_policy, overlay_mod
@@ -285,11 +285,6 @@ def _layout_inputs(args: tuple, kwargs: dict) -> dict[str, Any]:
 # --- the handle ------------------------------------------------------------------------------------
 
 
-def _text_config(model) -> Any:
-    config = model.config
-    return getattr(config, "text_config", None) or config
-
-
 def _resolve_backend(model, backend: str, merge: Merge | None) -> str:
     if backend.startswith("flash"):
         raise ValueError(
@@ -333,11 +328,11 @@ class FutureMask:
         self.merge = Merge.coerce(merge)
         self._requested_backend = backend
         self.backend = _resolve_backend(model, backend, self.merge)
-        self.layers = resolve_layers(layers, int(_text_config(model).num_hidden_layers))
+        self.layers = resolve_layers(layers, int(text_config(model.config).num_hidden_layers))
         if not self.policy.is_causal:
             visual_token_ids(model.config)  # fail now, with a clear message, if visual tokens cannot be found
         _register()
-        self._previous = _text_config(model)._attn_implementation
+        self._previous = text_config(model.config)._attn_implementation
         self._set_impl(IMPL_PREFIX + self.backend)
         self._hooks = []
         for target in (model, self.wrapper):
@@ -392,7 +387,7 @@ class FutureMask:
             call = _Call(handle=self, inputs=_layout_inputs(args, kwargs))
             check_training_call(self, module, call.inputs, lambda: call.layout)
         if module.training and torch.is_grad_enabled():
-            self._pinned += pin_checkpointing(self.model, _ACTIVE, _text_config(self.model), IMPL_PREFIX + self.backend)
+            self._pinned += pin_checkpointing(self.model, _ACTIVE, text_config(self.model.config), IMPL_PREFIX + self.backend)
         kwargs.pop("prompt_mask", None)
         self._tokens.append(_ACTIVE.set(call))
         return args, kwargs

@@ -251,6 +251,11 @@ def _text_positions(position_ids: torch.Tensor, batch_size: int, length: int) ->
     return _check_2d("position_ids", position_ids, batch_size, length)
 
 
+def text_config(config: Any) -> Any:
+    """The text backbone's config of a VLM config (``config.text_config``), or ``config`` itself."""
+    return getattr(config, "text_config", None) or config
+
+
 def visual_token_ids(config: Any) -> dict[int, int]:
     """Map of placeholder token id -> modality, read from a model config (never hard-coded)."""
     found: dict[int, int] = {}

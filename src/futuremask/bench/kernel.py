@@ -16,13 +16,13 @@ import torch
 from ..kernels import blocked, merge_attention, sdpa_attention
 from ..kernels.future_runs import future_runs
 from ..kernels.rows import FutureRows
-from ..layout import TokenLayout
+from ..layout import TokenLayout, text_config
 from ..merge import Merge
 from ..policies import overlay_mod, policy_mask
 
 
 def _heads(model) -> tuple[int, int, int, torch.dtype, torch.device]:
-    cfg = getattr(model.config, "text_config", None) or model.config
+    cfg = text_config(model.config)
     heads = cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads

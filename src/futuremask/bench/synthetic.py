@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
+from ..layout import text_config
 from .shapes import PromptShape, SyntheticSize
 
 
@@ -97,7 +98,7 @@ def synthetic_prompt(config, shape: PromptShape, *, seed: int = 0) -> dict[str, 
         raise ValueError(
             f"text_tokens ({shape.text_tokens}) must be at least images + 1 ({shape.images + 1})"
         )
-    text_cfg = getattr(config, "text_config", None) or config
+    text_cfg = text_config(config)
     vocab = text_cfg.vocab_size
     image_id = image_token_id(config)
     reserved = {image_id, getattr(config, "video_token_id", None), getattr(config, "video_token_index", None)}

@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io import FolderLock, read_json, write_json_atomic
+from ..layout import text_config
 from .data import Sample, Task
 from .prompt_styles import PromptSettings, get_style, load_images
 from .prompts import Prompt, count_image_tokens
@@ -166,7 +167,7 @@ def context_len(model_config, config: RunConfig) -> int:
     """The run's truncation budget: ``config.max_context_len``, else min(4096, the model's positions)."""
     if config.max_context_len is not None:
         return config.max_context_len
-    text = getattr(model_config, "text_config", None) or model_config
+    text = text_config(model_config)
     return min(DEFAULT_CONTEXT_LEN, int(getattr(text, "max_position_embeddings", DEFAULT_CONTEXT_LEN)))
 
 
@@ -377,7 +378,7 @@ def _check_layers(model, layers: str | None) -> None:
     """Refuse a schedule naming layers the model does not have, before any run folder is written."""
     from ..layers import resolve_layers
 
-    text = getattr(model.config, "text_config", None) or model.config
+    text = text_config(model.config)
     resolve_layers(layers, int(text.num_hidden_layers))
 
 
