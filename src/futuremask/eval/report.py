@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..io import read_json
+from ..policies import policy_aliases, policy_names
 from .paper import PAPER_COLUMNS, PAPER_MODEL, PAPER_SCORES, PAPER_SOURCE, paper_row_label
 from .report_stats import Comparison, compare, delta_cell
 from .shared import SampleKey, sample_scores, shared_samples
@@ -36,8 +37,6 @@ from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 from .summary import CATEGORIES, OTHER, category_of, headline_metric
 
 CATEGORY_ORDER: tuple[str, ...] = (*CATEGORIES, OTHER)
-_ALIASES = {"original": "causal"}
-_POLICY_ORDER = ("causal", "future", "future_v2v", "future_v2t", "mma")
 _METRIC_SHORT = {"Accuracy": "Acc", "Rouge-L f": "ROUGE-L"}
 
 
@@ -56,7 +55,7 @@ class RunResult:
 
     @property
     def canonical_policy(self) -> str | None:
-        return _ALIASES.get(self.policy, self.policy) if self.policy else None
+        return policy_aliases().get(self.policy, self.policy) if self.policy else None
 
     @property
     def is_baseline(self) -> bool:
@@ -126,7 +125,8 @@ def compare_on_shared(runs: list[RunResult]) -> tuple[list[RunResult], dict[str,
 
 def _sort_key(run: RunResult) -> tuple:
     policy = run.canonical_policy or ""
-    rank = _POLICY_ORDER.index(policy) if policy in _POLICY_ORDER else len(_POLICY_ORDER)
+    order = policy_names()
+    rank = order.index(policy) if policy in order else len(order)
     return (run.model or "", rank, policy, run.merge or "", run.backend or "", run.name)
 
 
