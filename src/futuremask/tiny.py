@@ -1,6 +1,7 @@
 """A tiny LLaVA-architecture VLM built locally (no download): word-level tokenizer, small CLIP tower.
 
-Used by the offline demo, the benchmark's synthetic model and the tests. Everything is built from
+Used by the offline demo, the tests and (through :func:`llava_config` and :func:`random_model`) the
+benchmark's synthetic model of any size. Everything is built from
 a fixed seed, so two calls with the same arguments give the same weights.
 """
 
@@ -85,18 +86,49 @@ def tiny_llava(
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
     )
-    config = LlavaConfig(
+    config = llava_config(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_layers=num_layers,
+        num_heads=num_heads, num_kv_heads=num_kv_heads, max_positions=max_positions,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vision_hidden_size=vision_hidden_size, image_size=image_size, patch_size=patch_size,
+    )
+    model = random_model(config, seed)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, processor
+
+
+def llava_config(
+    *,
+    vocab_size: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    max_positions: int,
+    image_token_id: int,
+    pad_token_id: int,
+    bos_token_id: int,
+    eos_token_id: int,
+    vision_hidden_size: int = 32,
+    image_size: int = 32,
+    patch_size: int = 8,
+) -> LlavaConfig:
+    """A LLaVA config: a Llama text backbone of the given size and a one-layer CLIP vision tower."""
+    return LlavaConfig(
         text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
+            vocab_size=vocab_size,
             hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
+            intermediate_size=intermediate_size,
             num_hidden_layers=num_layers,
             num_attention_heads=num_heads,
             num_key_value_heads=num_kv_heads,
             max_position_embeddings=max_positions,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
         ),
         vision_config=CLIPVisionConfig(
             hidden_size=vision_hidden_size,
@@ -106,14 +138,15 @@ def tiny_llava(
             image_size=image_size,
             patch_size=patch_size,
         ),
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_token_id=image_token_id,
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
-        pad_token_id=tokenizer.pad_token_id,
+        pad_token_id=pad_token_id,
     )
+
+
+def random_model(config: LlavaConfig, seed: int = 0) -> LlavaForConditionalGeneration:
+    """The model of ``config`` with random weights drawn from ``seed`` (the global RNG is left as it was), in eval mode."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model, processor
+        return LlavaForConditionalGeneration(config).eval()

@@ -11,9 +11,10 @@ and the backbone's work are exactly those of a real multimodal prompt of that sh
 from __future__ import annotations
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
 from ..layout import text_config
+from ..tiny import llava_config, random_model
 from .shapes import PromptShape, SyntheticSize
 
 
@@ -29,37 +30,12 @@ def synthetic_llava(size: SyntheticSize | None = None, *, seed: int = 0) -> Llav
             f"hidden ({size.hidden}) must be a multiple of heads ({size.heads}) and heads a multiple of "
             f"kv_heads ({size.kv_heads})"
         )
-    text = LlamaConfig(
-        vocab_size=size.vocab,
-        hidden_size=size.hidden,
-        intermediate_size=size.intermediate_size(),
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.heads,
-        num_key_value_heads=size.kv_heads,
-        max_position_embeddings=size.max_positions,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
+    config = llava_config(
+        vocab_size=size.vocab, hidden_size=size.hidden, intermediate_size=size.intermediate_size(),
+        num_layers=size.layers, num_heads=size.heads, num_kv_heads=size.kv_heads, max_positions=size.max_positions,
+        image_token_id=size.vocab - 1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    config = LlavaConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=size.vocab - 1,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-        pad_token_id=0,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config).eval()
+    model = random_model(config, seed)
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = None  # benchmarks decode a fixed number of tokens
     return model
