@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
+from .names import DTYPES as DTYPE_NAMES
+
 DEFAULT_PROMPT = "what color is the circle in the image ?"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -78,24 +80,53 @@ def load_processor(path: str) -> Any:
     return processor
 
 
-def load_checkpoint(path: str, *, dtype: str = "float32", device: str | None = None) -> tuple[Any, Any]:
-    """``(model, processor)`` of a checkpoint directory or hub id, the model in eval mode on ``device``."""
+def resolve_device(device: str | None = None) -> str:
+    """The device rule of every command: ``None``/``"auto"`` is ``cuda:<LOCAL_RANK>`` when CUDA is available
+    (one GPU per launched process), else ``cpu``; any other name is kept."""
+    if device not in (None, "auto"):
+        return device
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype | str:
+    """The dtype rule of every command: ``"auto"`` is the checkpoint's own dtype on CUDA and float32
+    elsewhere (half precision on CPU is slow and inexact); a name of :data:`DTYPES` is that dtype."""
+    if dtype == "auto":
+        return "auto" if str(device).startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {('auto', *DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(source: str, *, dtype: str = "auto", device: str | None = None, flag: str = "--model") -> Any:
+    """A VLM (``AutoModelForImageTextToText``) in eval mode on ``device`` (:func:`resolve_device`) in ``dtype``
+    (:func:`resolve_dtype`); a ``ValueError`` naming ``flag`` when ``source`` cannot be loaded."""
     from transformers import AutoModelForImageTextToText
 
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {tuple(DTYPES)}")
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype)
+    except Exception as err:  # OSError (no files, offline), ValueError/KeyError (not a VLM config), ...
+        raise ValueError(
+            f"{flag} {source}: could not load it as an image-text-to-text model ({type(err).__name__}: "
+            f"{str(err).splitlines()[0]}). futuremask needs a decoder-only VLM checkpoint: a folder, or a hub id "
+            "that is downloadable or cached"
+        ) from err
+    return model.to(device).eval()
+
+
+def load_checkpoint(
+    path: str, *, dtype: str = "float32", device: str | None = None, flag: str = "--model"
+) -> tuple[Any, Any]:
+    """``(model, processor)`` of a checkpoint directory or hub id, the model as :func:`load_model` gives it."""
+    resolve_dtype(dtype, "cpu")  # an unknown dtype fails before anything is read
     check_model_source(path)
     check_device(device)
     processor = load_processor(path)
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype])
-    except Exception as err:
-        raise ValueError(
-            f"{path}: could not load it as an image-text-to-text model ({type(err).__name__}: "
-            f"{str(err).splitlines()[0]}). futuremask needs a decoder-only VLM checkpoint"
-        ) from err
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), processor
+    return load_model(path, dtype=dtype, device=device, flag=flag), processor
 
 
 def sample_image(size: int = 336) -> Any:
@@ -176,4 +207,7 @@ def sample_inputs(
     return batch.to(device) if device is not None else batch
 
 
-__all__ = ["DEFAULT_PROMPT", "check_device", "check_model_source", "load_checkpoint", "load_processor", "open_image", "prompt_text", "sample_image", "sample_inputs"]
+__all__ = [
+    "DEFAULT_PROMPT", "check_device", "check_model_source", "load_checkpoint", "load_model", "load_processor",
+    "open_image", "prompt_text", "resolve_device", "resolve_dtype", "sample_image", "sample_inputs",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .names import BACKENDS, MERGE_KINDS, POOLS
+from .names import BACKENDS, DTYPES, MERGE_KINDS, POOLS
 from .policies import accepted_names, policy_names
 
 
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pool", choices=POOLS, default="max", help="merge pooling (default max)")
     p.add_argument("--image", help="image file for the prompt (default: a drawn picture of three shapes)")
     p.add_argument("--prompt", help="question text (default: a sample question)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="weights dtype (default float32, the most exact comparison)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)

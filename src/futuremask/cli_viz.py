@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .names import DEFAULT_PANELS, MERGE_KINDS, MERGE_PANEL, POOLS
+from .names import DEFAULT_PANELS, DTYPES, MERGE_KINDS, MERGE_PANEL, POOLS
 from .policies import accepted_names, get_policy
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--prefix", type=int, default=1, help="number of sink positions (default 1)")
     a.add_argument("--layer", type=int, default=-1, help="decoder layer of the text model (default -1: the last)")
     a.add_argument("--head", type=int, help="one query head (default: the mean over heads)")
-    a.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    a.add_argument("--dtype", default="float32", choices=DTYPES)
     a.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     a.add_argument("--output", default="attention.png", help="picture to write (default: attention.png)")
     a.set_defaults(func=run_attention_map)

@@ -15,6 +15,9 @@ POOLS = ("max", "mean")
 BACKENDS = ("auto", "sdpa", "eager", "flex")
 """``fm.apply(..., backend=)``: ``auto`` is flex on CUDA, sdpa elsewhere (DESIGN §6)."""
 
+DTYPES = ("float32", "bfloat16", "float16")
+"""``--dtype`` names besides ``auto`` (see :func:`futuremask.checkpoint.resolve_dtype`)."""
+
 PAPER_POLICIES = ("causal", "future", "future_v2v", "future_v2t")
 """The masks of Pei et al.'s tables (arXiv 2505.18605): the baseline and the three future-aware ones."""
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import load_model as load_checkpoint_model
+from ..checkpoint import resolve_dtype
 from ..names import BENCH_POLICIES
 from .run import BenchSettings, run_bench
 from .synthetic import PromptShape, SyntheticSize, parameter_count, synthetic_llava, synthetic_prompt
@@ -25,21 +27,13 @@ def load_model(
     A hub id or path is loaded with ``AutoModelForImageTextToText`` (the files must be available
     locally or downloadable); its config must name an ``image_token_id``.
     """
-    torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    torch_dtype = resolve_dtype(dtype, device)
     if name == SYNTHETIC:
         model = synthetic_llava(size)
     else:
-        from transformers import AutoModelForImageTextToText
-
-        try:
-            model = AutoModelForImageTextToText.from_pretrained(name, dtype=torch_dtype).eval()
-        except OSError as err:
-            raise ValueError(f"--model {name}: cannot load it ({str(err).splitlines()[0]}); pass a checkpoint "
-                             "folder, or a hub id that is downloadable or cached") from err
+        model = load_checkpoint_model(name, dtype=dtype, device=device)
         model.generation_config.eos_token_id = None  # benchmarks decode a fixed number of tokens
-    return model.to(device=device, dtype=torch_dtype)
+    return model.to(device=device, dtype=torch_dtype) if isinstance(torch_dtype, torch.dtype) else model
 
 
 def bench(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..names import BACKENDS, BENCH_POLICIES, MERGE_KINDS
+from ..names import BACKENDS, BENCH_POLICIES, DTYPES, MERGE_KINDS
 from ..policies import accepted_names
 from .shapes import SyntheticSize
 
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--kv-heads", type=int, default=_SIZE.kv_heads, help="synthetic: key/value heads")
     m.add_argument("--intermediate", type=int, default=None, help="synthetic: MLP size (default 8/3 hidden)")
     m.add_argument("--vocab", type=int, default=_SIZE.vocab, help="synthetic: vocabulary size")
-    m.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    m.add_argument("--dtype", default="float32", choices=DTYPES)
     m.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     q = p.add_argument_group("prompt")
     q.add_argument("--images", type=int, default=2)

@@ -15,7 +15,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..names import BACKENDS, MERGE_KINDS, PAPER_POLICIES
+from ..names import BACKENDS, DTYPES, MERGE_KINDS, PAPER_POLICIES
 from . import cli_style
 
 DEMO_POLICIES = (*PAPER_POLICIES, "mma")
@@ -67,42 +67,18 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="prompt budget for MileBench's left truncation (default: min(4096, model positions))")
     p.add_argument("--tokens-per-image", type=int, default=None,
                    help="tokens counted per image when truncating (default: measured with the processor)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                    help="model dtype (auto: the checkpoint's on GPU, float32 on CPU)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0, ...")
     p.add_argument("--output-dir", default="outputs", help="runs go to <output-dir>/<model>__<policy>[__merge-<kind>]")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
-def _device(name: str) -> str:
-    import os
-
-    import torch
-
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return "cpu"
-
-
 def load_model(model_id: str, dtype: str = "auto", device: str = "auto"):
-    """``(model, processor)`` for a local path or hub id, through ``AutoModelForImageTextToText``/``AutoProcessor``."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    """``(model, processor)`` for a local path or hub id (:func:`futuremask.checkpoint.load_checkpoint`)."""
+    from ..checkpoint import load_checkpoint
 
-    device = _device(device)
-    if dtype == "auto":
-        torch_dtype = "auto" if device.startswith("cuda") else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
-    try:
-        processor = AutoProcessor.from_pretrained(model_id)
-        model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch_dtype)
-    except OSError as err:  # no such hub id, offline without a cached copy, missing weight files
-        raise ValueError(f"--model {model_id}: cannot load it ({str(err).splitlines()[0]}); pass a checkpoint "
-                         "folder, or a hub id that is downloadable or cached") from err
-    return model.to(device).eval(), processor
+    return load_checkpoint(model_id, dtype=dtype, device=device)
 
 
 def load_processor_and_config(model_id: str):
