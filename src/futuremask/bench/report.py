@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ..io import write_json_atomic
+from ..io import read_json, write_json_atomic
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("json_path")
     parser.add_argument("--markdown", action="store_true", help="a Markdown table (as in BENCHMARKS.md)")
     args = parser.parse_args(argv)
-    records = json.loads(Path(args.json_path).read_text())
+    records = read_json(args.json_path, list, "benchmark records file")
     print(markdown_table(records) if args.markdown else table(records))
     return 0
 

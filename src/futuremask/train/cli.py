@@ -19,6 +19,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from ..io import read_json
 from ..names import BACKENDS, MERGE_KINDS
 from ..policies import accepted_names
 
@@ -114,7 +115,7 @@ def _vocabulary(data_dir: str, args: argparse.Namespace) -> list[str]:
 def _init_record(init: str | None) -> dict | None:
     """The training record of the checkpoint we start from, when it has one."""
     path = Path(init) / "futuremask_training.json" if init else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+    return read_json(path, dict, "training record") if path is not None and path.is_file() else None
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -12,7 +12,6 @@ official MileBench rules, next to two reference levels per task:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from typing import Any
 from ..eval.data import Task, load_tasks
 from ..eval.runner import RunConfig, evaluate
 from ..eval.scoring import score_run, score_task
-from ..io import write_json_atomic, write_text_atomic
+from ..io import read_json, write_json_atomic, write_text_atomic
 from .trainer import TrainConfig, save_checkpoint, train
 
 
@@ -63,7 +62,7 @@ def task_scores(result_dir: str | os.PathLike) -> dict[str, float]:
     """``{task: score}`` from the ``<Task>/eval.json`` files of a scored run folder."""
     out = {}
     for path in sorted(Path(result_dir).glob("*/eval.json")):
-        payload = json.loads(path.read_text())
+        payload = read_json(path, dict, "task scores (eval.json)")
         out[path.parent.name] = float(next(iter(payload.values())))
     return out
 
