@@ -60,3 +60,12 @@ def test_public_names_resolve_and_stay_live():
         del policies._REGISTRY["_test_live_policy"]
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         fm.nope  # noqa: B018
+
+
+def test_cli_names_match_their_registries():
+    """names.py lists, torch-free, what the CLI offers; each list equals the registry it stands for."""
+    from futuremask import names
+    from futuremask.eval import milebench_style, prompt_styles
+
+    assert tuple(prompt_styles.STYLES) == names.PROMPT_STYLES
+    assert milebench_style.IMAGE_ASPECTS == names.IMAGE_ASPECTS

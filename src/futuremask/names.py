@@ -24,6 +24,12 @@ PAPER_POLICIES = ("causal", "future", "future_v2v", "future_v2t")
 BENCH_POLICIES = (*PAPER_POLICIES, "mma")
 """What ``futuremask bench`` measures by default: the paper's masks and modality-mutual attention."""
 
+PROMPT_STYLES = ("chat", "milebench")
+"""``eval --prompt-style``: the keys of :data:`futuremask.eval.prompt_styles.STYLES` (a test holds them equal)."""
+
+IMAGE_ASPECTS = ("pad", "processor")
+"""``eval --image-aspect`` (milebench style): pad to a square, or leave the images to the processor."""
+
 MERGE_PANEL = "merge"
 """``show-mask``'s extra panel: the causal mask with the sink column the merge writes to."""
 

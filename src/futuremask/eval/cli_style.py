@@ -1,20 +1,22 @@
-"""The prompt-style options of ``futuremask eval`` and their checks, made before any model is loaded."""
+"""The prompt-style options of ``futuremask eval`` and their checks, made before any model is loaded.
+
+Registration reads the style names from :mod:`futuremask.names`, so ``futuremask --help`` loads no torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from .milebench_style import IMAGE_ASPECTS, image_aspect
-from .prompt_styles import STYLES, get_style
+from ..names import IMAGE_ASPECTS, PROMPT_STYLES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``--prompt-style``, ``--image-aspect``, ``--combine-images``, ``--dry-run``."""
-    p.add_argument("--prompt-style", choices=list(STYLES), default="chat",
+    p.add_argument("--prompt-style", choices=PROMPT_STYLES, default="chat",
                    help="chat: the processor's chat template (default); milebench: MileBench's official LLaVA "
                         "worker (llava_llama_2 template, chunked ids, padded images, one sample per call), "
                         "which needs --max-context-len and --tokens-per-image")
-    p.add_argument("--image-aspect", choices=list(IMAGE_ASPECTS), default=None,
+    p.add_argument("--image-aspect", choices=IMAGE_ASPECTS, default=None,
                    help="milebench style: pad images to a square with the processor's mean colour, or give them to "
                         "the processor as they are (default: the checkpoint config's image_aspect_ratio)")
     p.add_argument("--combine-images", type=int, default=None, metavar="N",
@@ -26,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """Refuse option combinations the chosen style cannot honour (ValueError, one line naming the fix)."""
+    from .prompt_styles import get_style
+
     if args.prompt_style == "milebench":
         missing = [flag for flag, value in (("--max-context-len", args.max_context_len),
                                             ("--tokens-per-image", args.tokens_per_image)) if value is None]
@@ -47,6 +51,8 @@ def check(args: argparse.Namespace) -> None:
 
 def run_options(args: argparse.Namespace, model_config) -> dict:
     """The :class:`~futuremask.eval.runner.RunConfig` fields of the style options (aspect resolved)."""
+    from .milebench_style import image_aspect
+
     aspect = image_aspect(model_config, args.image_aspect) if args.prompt_style == "milebench" else None
     return {"prompt_style": args.prompt_style, "image_aspect": aspect, "combine_images": args.combine_images}
 

@@ -27,6 +27,7 @@ import torch
 from transformers import StoppingCriteria
 
 from ..layout import PER_TOKEN_KEYS
+from ..names import IMAGE_ASPECTS
 from .data import Sample
 from .prompts import IMAGE_SLOT, choice_suffix, image_token_text, truncate
 
@@ -35,7 +36,6 @@ LLAVA_LLAMA_2_SYSTEM = (
     "user provides, and assist the user with a variety of tasks using natural language."
 )
 LLAVA_LLAMA_2_SEPARATOR = "<s>"  # the template's ``sep``; the worker's stop string (sep_style is not TWO)
-IMAGE_ASPECTS = ("pad", "processor")
 
 
 def separate_adjacent_images(question: str) -> str:
