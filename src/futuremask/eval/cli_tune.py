@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_eval import PAPER_POLICIES, add_run_arguments
+from ..names import MERGE_KINDS, PAPER_POLICIES
+from .cli_eval import add_run_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--policy", nargs="+", default=None, metavar="POLICY",
                    help=f"candidate policies (default: {' '.join(PAPER_POLICIES)}); causal is always the baseline")
-    p.add_argument("--merge", nargs="+", default=["none"], choices=["none", "kernel", "lse"], metavar="MERGE",
+    p.add_argument("--merge", nargs="+", default=["none"], choices=("none", *MERGE_KINDS), metavar="MERGE",
                    help="merge kinds to try with every non-causal policy: none, kernel, lse (default: none)")
     p.add_argument("--dev-fraction", type=float, default=0.5, help="share of each task's samples used to choose")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of the bootstrap")
