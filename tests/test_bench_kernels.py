@@ -246,3 +246,27 @@ def test_dense_mask_in_row_blocks_equals_one_broadcast(monkeypatch):
     for p in POLICIES:
         blocked_mask = policy_mask(p, layout)
         assert blocked_mask.is_contiguous() and torch.equal(blocked_mask, whole[p])
+
+
+@pytest.mark.parametrize("policy", ["future", "mma"])
+def test_blocked_sdpa_and_merge_run_under_inference_mode(policy):
+    """vLLM runs its forwards under torch.inference_mode, whose tensors have no version counter: the plan
+    memo must not need one, and the result is the same as outside it."""
+    from futuremask.kernels import merge_attention
+
+    torch.manual_seed(2)
+    length = 80
+    vis = _layout(length, [(5, 30), (40, 60)])
+    mask = build_mask(policy, vis)[:, None]
+    causal = build_mask("causal", vis)[:, None]
+    q, k, v = (torch.randn(1, 2, length, 8) for _ in range(3))
+    merge = Merge("kernel")
+    sinks = torch.zeros(1, 1, dtype=torch.long)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    merged = merge_attention(q, k, v, causal, mask & ~causal, merge=merge, prefix_positions=sinks)
+    with torch.inference_mode():
+        qi, ki, vi, mi, ci = (t.clone() for t in (q, k, v, mask, causal))
+        out = blocked_sdpa(qi, ki, vi, mi, block=16)
+        merged_inf = merge_attention(qi, ki, vi, ci, mi & ~ci, merge=merge, prefix_positions=sinks)
+    torch.testing.assert_close(out, expected, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(merged_inf, merged, atol=2e-6, rtol=1e-5)

@@ -232,6 +232,8 @@ def cached_plan(mask: torch.Tensor | FutureRows, block: int = DEFAULT_BLOCK) -> 
         if key not in mask.memo:
             mask.memo[key] = plan(mask, block)
         return mask.memo[key]
+    if mask.is_inference():  # made under torch.inference_mode (vLLM): no version counter to key a memo on
+        return plan(mask, block)
     ref = _cache["ref"]
     if ref is not None and ref() is mask and _cache["version"] == mask._version and _cache["block"] == block:
         return _cache["plan"]  # type: ignore[return-value]
