@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import draw_image, encode
 from test_hf import generate, manual_generate, policy_mask4d, stock_logits
-from test_train_semantics import _grads
+from test_train_semantics import _assert_same_grads, _grads
 
 import futuremask as fm
 from futuremask.layout import IGNORE_INDEX
@@ -38,12 +38,6 @@ def _batch(model, seed: int = 0):
     ids[1, :2], am[1, :2], lab[1, :2] = 0, 0, IGNORE_INDEX
     return {"input_ids": ids, "attention_mask": am, "labels": lab,
             "pixel_values": torch.randn(2, 3, 32, 32, generator=g)}
-
-
-def _assert_same_grads(got, want):
-    assert got.keys() == want.keys() and len(want) > 20
-    for name, g in want.items():
-        torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
 # --- the refusal and the warning ------------------------------------------------------------------

@@ -80,6 +80,13 @@ def _grads(model, loss):
     return grads
 
 
+def _assert_same_grads(got, want):
+    """Every parameter's gradient of ``got`` equals ``want``'s (and there are gradients to compare)."""
+    assert got.keys() == want.keys() and len(want) > 20
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("backend", ["sdpa", "eager"])
 @pytest.mark.parametrize("policy", fm.POLICIES)
 def test_gradients_match_dense_mask_forward(tiny, policy, backend):
@@ -92,9 +99,7 @@ def test_gradients_match_dense_mask_forward(tiny, policy, backend):
         out = tiny(**inputs)
     grads = _grads(tiny, out.loss)
     torch.testing.assert_close(out.loss, ref.loss, rtol=1e-5, atol=1e-6)
-    assert grads.keys() == ref_grads.keys() and len(grads) > 20
-    for name, g in ref_grads.items():
-        torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    _assert_same_grads(grads, ref_grads)
 
 
 def test_explicit_prompt_mask_overrides_labels(tiny):
