@@ -354,7 +354,7 @@ def test_milebench_generate_end_to_end(tree, checkpoint, tmp_path):
     """A real run: pred.json holds what greedy decoding of the worker's exact inputs gives, cut after the first
     separator (BOS) the model emits, decoded without special tokens and stripped."""
     import futuremask as fm
-    from futuremask.eval.cli_eval import load_model
+    from futuremask.cli.eval import load_model
 
     tok = _tokenizer()
     assert main(["eval", "--data-dir", str(tree), "--model", str(checkpoint), "--prompt-style", "milebench",

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from futuremask.cli import eval as cli_eval
 from futuremask.cli import main
-from futuremask.eval import cli_eval, runner
+from futuremask.eval import runner
 from futuremask.eval.demo import DEMO_WORDS, generate_demo_data
 from futuremask.io import FolderLock
 from futuremask.tiny import tiny_llava

@@ -28,7 +28,7 @@ def test_auto_dtype_is_the_checkpoints_on_cuda_and_float32_elsewhere():
 def test_every_loader_goes_through_the_rule(monkeypatch, tmp_path):
     """eval's and bench's loaders reach checkpoint.load_model with the command's dtype and device."""
     from futuremask.bench import api
-    from futuremask.eval import cli_eval
+    from futuremask.cli import eval as cli_eval
 
     calls = []
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from futuremask.eval import cli_score
+from futuremask.cli import score as cli_score
 from futuremask.eval.report import build_report, load_runs
 from futuremask.eval.report_plot import plot_report
 from futuremask.eval.summary import write_summary

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from futuremask.eval import cli_score
+from futuremask.cli import score as cli_score
 from futuremask.eval.report import build_report, load_runs
 from futuremask.eval.report_plot import _model_series
 from futuremask.eval.stats import mcnemar_from_counts, paired_bootstrap, stratified_bootstrap

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from futuremask.eval import cli_score
+from futuremask.cli import score as cli_score
 from futuremask.eval.scoring import expand_tasks, score_run, score_task
 from futuremask.eval.summary import CATEGORIES
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .names import BACKENDS, DTYPES, MERGE_KINDS, POOLS
-from .policies import accepted_names, policy_names
+from ..names import BACKENDS, DTYPES, MERGE_KINDS, POOLS
+from ..policies import accepted_names, policy_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint, open_image
-    from .merge import Merge
-    from .verify import check_settings, format_table, verify
+    from ..checkpoint import load_checkpoint, open_image
+    from ..merge import Merge
+    from ..verify import check_settings, format_table, verify
 
     check_settings(args.atol, args.max_new_tokens)
     model, processor = load_checkpoint(args.model, dtype=args.dtype, device=args.device)

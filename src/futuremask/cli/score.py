@@ -49,9 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_score(args: argparse.Namespace) -> int:
     """Score a run folder and print one line per task."""
+    from ..eval.scoring import score_run
+    from ..eval.summary import headline_metric
     from ..io import check_writable
-    from .scoring import score_run
-    from .summary import headline_metric
 
     check_writable(args.result_dir, "--result-dir")
     summary = score_run(args.data_dir, args.result_dir, args.tasks, adv=args.adv)
@@ -70,8 +70,8 @@ def run_report(args: argparse.Namespace) -> int:
     """Print the Markdown report and write it (and the chart) to disk."""
     import json
 
+    from ..eval.report import build_report, report_json
     from ..io import check_writable, write_text_atomic
-    from .report import build_report, report_json
 
     if args.resamples < 1:
         raise ValueError(f"--resamples must be at least 1, got {args.resamples}")
@@ -88,7 +88,7 @@ def run_report(args: argparse.Namespace) -> int:
     write_text_atomic(data, json.dumps(report_json(args.outputs_dir, **stats), indent=2))
     print(f"wrote {output} and {data}")
     if not args.no_plot:
-        from .report_plot import plot_report
+        from ..eval.report_plot import plot_report
 
         plot_report(args.outputs_dir, plot, paper=args.paper, **stats)
         print(f"wrote {plot}")

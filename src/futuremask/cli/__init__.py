@@ -1,7 +1,9 @@
-"""The ``futuremask`` command: a registry of sub-command modules.
+"""The ``futuremask`` command: a registry of sub-command modules (``python -m futuremask.cli`` runs it too).
 
 Each module listed in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds its
-sub-command(s) with ``parser.set_defaults(func=run)``; ``run(args)`` returns the exit code.
+sub-command(s) with ``parser.set_defaults(func=run)``; ``run(args)`` returns the exit code. The options
+several commands share (policy, merge, model, backend, outputs) come from :mod:`futuremask.cli.options`.
+Registration imports no torch: ``futuremask --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
-    "futuremask.cli_policies",
-    "futuremask.eval.cli_eval",
-    "futuremask.eval.cli_score",
-    "futuremask.eval.cli_tune",
-    "futuremask.cli_viz",
-    "futuremask.cli_verify",
-    "futuremask.bench.cli",
-    "futuremask.train.cli",
+    "futuremask.cli.policies",
+    "futuremask.cli.eval",
+    "futuremask.cli.score",
+    "futuremask.cli.tune",
+    "futuremask.cli.viz",
+    "futuremask.cli.verify",
+    "futuremask.cli.bench",
+    "futuremask.cli.train",
 ]
 
 
@@ -29,7 +31,7 @@ RESUME_HINTS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="futuremask",
@@ -58,7 +60,3 @@ def main(argv: list[str] | None = None) -> int:
         hint = RESUME_HINTS.get(args.command, "nothing was left half-written")
         print(f"futuremask {args.command}: interrupted (exit 130); {hint}", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

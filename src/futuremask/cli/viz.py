@@ -6,12 +6,12 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .names import DEFAULT_PANELS, DTYPES, MERGE_KINDS, MERGE_PANEL, POOLS
-from .policies import accepted_names, get_policy
+from ..names import DEFAULT_PANELS, DTYPES, MERGE_KINDS, MERGE_PANEL, POOLS
+from ..policies import accepted_names, get_policy
 
 if TYPE_CHECKING:
-    from .layout import TokenLayout
-    from .merge import Merge
+    from ..layout import TokenLayout
+    from ..merge import Merge
 
 DEFAULT_LAYOUT = "T4 V16 T6 V16 T8"
 
@@ -65,7 +65,7 @@ def _prompt_args(p: argparse.ArgumentParser) -> None:
 
 
 def _describe(layout: TokenLayout) -> str:
-    from .viz import spans
+    from ..viz import spans
 
     return ", ".join(s.label for s in spans(layout))
 
@@ -74,8 +74,8 @@ def prompt_layout(model: str, image: str | None, prompt: str | None) -> TokenLay
     """Layout of a real prompt run through ``model``'s processor (no weights are loaded)."""
     from transformers import AutoConfig
 
-    from .checkpoint import load_processor, open_image, sample_inputs
-    from .layout import TokenLayout
+    from ..checkpoint import load_processor, open_image, sample_inputs
+    from ..layout import TokenLayout
 
     processor = load_processor(model)
     config = AutoConfig.from_pretrained(model)
@@ -87,13 +87,13 @@ def prompt_layout(model: str, image: str | None, prompt: str | None) -> TokenLay
 def _check_output(path: str) -> None:
     from pathlib import Path
 
-    from .io import check_writable
+    from ..io import check_writable
 
     check_writable(Path(path).parent, "--output")
 
 
 def run_show_mask(args: argparse.Namespace) -> int:
-    from .viz import parse_layout, plot_mask
+    from ..viz import parse_layout, plot_mask
 
     _check_output(args.output)
     if args.model:
@@ -113,7 +113,7 @@ def run_show_mask(args: argparse.Namespace) -> int:
 
 def parse_policy(spec: str, args: argparse.Namespace) -> tuple[str, Merge | None]:
     """``"future"`` / ``"future+kernel"`` -> ``(policy name, Merge or None)``; ``--merge`` fills in the kind."""
-    from .merge import Merge
+    from ..merge import Merge
 
     name, _, kind = spec.partition("+")
     name = get_policy(name).name
@@ -125,14 +125,14 @@ def parse_policy(spec: str, args: argparse.Namespace) -> tuple[str, Merge | None
 
 
 def _model_and_inputs(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    from .checkpoint import load_checkpoint, open_image, sample_inputs
-    from .verify import _tensor_inputs
+    from ..checkpoint import load_checkpoint, open_image, sample_inputs
+    from ..verify import _tensor_inputs
 
     if args.model:
         model, processor = load_checkpoint(args.model, dtype=args.dtype, device=args.device)
         name = args.model
     else:
-        from .tiny import tiny_llava
+        from ..tiny import tiny_llava
 
         print("no --model given: using the built-in random-weight tiny LLaVA (futuremask.tiny.tiny_llava); "
               "its attention patterns are meaningless, pass --model for a real checkpoint", file=sys.stderr)
@@ -143,8 +143,8 @@ def _model_and_inputs(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 
 def run_attention_map(args: argparse.Namespace) -> int:
-    from .attnmap import attention_map
-    from .viz import plot_attention
+    from ..attnmap import attention_map
+    from ..viz import plot_attention
 
     if not 1 <= len(args.policy) <= 2:
         raise ValueError(f"--policy takes one or two policies to compare; got {len(args.policy)}")

@@ -102,7 +102,7 @@ def _vocabulary(data_dir: str, args: argparse.Namespace) -> list[str]:
     """Word list of a fresh model: the demo words, then every other word of the training data."""
     from ..eval.demo import DEMO_WORDS
     from ..tiny import tiny_llava
-    from .data import example_words, milebench_examples
+    from ..train.data import example_words, milebench_examples
 
     _, processor = tiny_llava(words=list(DEMO_WORDS))  # its chat template and image processor build the prompts
     examples = milebench_examples(data_dir, processor, tasks=args.tasks, limit=args.limit,
@@ -139,8 +139,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .data import milebench_examples
-    from .trainer import TrainConfig, train
+    from ..train.data import milebench_examples
+    from ..train.trainer import TrainConfig, train
 
     _check_args(args)
     with tempfile.TemporaryDirectory(prefix="futuremask-demo-") as scratch:
@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
 
             eval_dir = str(Path(scratch) / "eval")
             generate_demo_data(eval_dir, samples_per_task=args.eval_samples, seed=0)
-        from .sweep import run_sweep
+        from ..train.sweep import run_sweep
 
         result = run_sweep(make_model, examples, eval_dir, args.out, config, train_policies=args.policies,
                            eval_policies=args.eval_policies)

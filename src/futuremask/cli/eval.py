@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..names import BACKENDS, DTYPES, MERGE_KINDS, PAPER_POLICIES
-from . import cli_style
+from . import style
 
 DEMO_POLICIES = (*PAPER_POLICIES, "mma")
 DEMO_SAMPLES = 24
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_run_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="regenerate instead of resuming existing predictions")
     p.add_argument("--no-score", action="store_true", help="only generate pred.json files")
-    cli_style.add_arguments(p)
+    style.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -97,7 +97,7 @@ def _wait_for_demo_data(data_dir: Path, samples: int, timeout_s: float = 600.0) 
     import json
     import time
 
-    from .demo import DEMO_TASKS
+    from ..eval.demo import DEMO_TASKS
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -118,8 +118,8 @@ def _score_and_report(
         print("Predictions written. --limit covers only part of the data, and the official scorer needs every "
               "sample, so scoring is skipped (run without --limit, or `futuremask score` on a full run).")
         return
-    from .report import build_report
-    from .scoring import score_run
+    from ..eval.report import build_report
+    from ..eval.scoring import score_run
 
     for run_dir in runs:
         score_run(data_dir, run_dir, [t.name for t in tasks], adv=adv, progress=False)
@@ -146,8 +146,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _dry_run(processor, model_config, tasks, data_dir: Path, runs_dir: Path, policies, config) -> int:
-    from .dry_run import write_prompts
-    from .runner import context_len, run_name
+    from ..eval.dry_run import write_prompts
+    from ..eval.runner import context_len, run_name
 
     config.max_context_len = context_len(model_config, config)
     if config.rank == 0:
@@ -164,16 +164,16 @@ def _policy_map(args: argparse.Namespace):
         return None
     if args.policy or args.merge:
         raise ValueError("--policy-map gives each task its policy and merge; drop --policy/--merge")
-    from .tune import read_policy_map
+    from ..eval.tune import read_policy_map
 
     return read_policy_map(args.policy_map)
 
 
 def _run_map(model, processor, tasks, policy_map, runs_dir: Path, config, data_dir: Path, no_score: bool) -> int:
     """Run a policy map, score each task in its run folder and print one line per task."""
-    from .scoring import score_run
-    from .summary import headline_metric
-    from .tune import run_policy_map
+    from ..eval.scoring import score_run
+    from ..eval.summary import headline_metric
+    from ..eval.tune import run_policy_map
 
     folders = run_policy_map(model, processor, tasks, policy_map, runs_dir, config)
     if config.rank != 0 or no_score:
@@ -194,13 +194,13 @@ def _run_map(model, processor, tasks, policy_map, runs_dir: Path, config, data_d
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..eval.data import check_adv_files, load_tasks
+    from ..eval.runner import RunClaim, RunConfig, evaluate, shard_from_env
     from ..layers import parse_layers
     from ..policies import get_policy
-    from .data import check_adv_files, load_tasks
-    from .runner import RunClaim, RunConfig, evaluate, shard_from_env
 
     _check_args(args)
-    cli_style.check(args)
+    style.check(args)
     rank, world = shard_from_env()
     if world > 1:  # one line per process: the way to see that a launcher really started W of them
         print(f"futuremask eval: process rank {rank} of {world} (samples {rank}, {rank + world}, ... of each task)",
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     if args.layers:
         parse_layers(args.layers)
     if args.demo:
-        from .demo import DEMO_CHECKPOINT, generate_demo_data, load_demo_model
+        from ..eval.demo import DEMO_CHECKPOINT, generate_demo_data, load_demo_model
 
         data_dir = output_dir / "demo-data"
         runs_dir = output_dir / "demo"
@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
             check_adv_files(data_dir, tasks)
     # the style options come from the config, read before the weights load (the demo's config names no aspect)
     processor, model_config = (None, None) if args.demo else load_processor_and_config(args.model)
-    config = replace(config, **cli_style.run_options(args, model_config))
+    config = replace(config, **style.run_options(args, model_config))
     if args.dry_run:
         if args.demo:
             model, processor = load_demo_model()

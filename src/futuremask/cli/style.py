@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """Refuse option combinations the chosen style cannot honour (ValueError, one line naming the fix)."""
-    from .prompt_styles import get_style
+    from ..eval.prompt_styles import get_style
 
     if args.prompt_style == "milebench":
         missing = [flag for flag, value in (("--max-context-len", args.max_context_len),
@@ -51,7 +51,7 @@ def check(args: argparse.Namespace) -> None:
 
 def run_options(args: argparse.Namespace, model_config) -> dict:
     """The :class:`~futuremask.eval.runner.RunConfig` fields of the style options (aspect resolved)."""
-    from .milebench_style import image_aspect
+    from ..eval.milebench_style import image_aspect
 
     aspect = image_aspect(model_config, args.image_aspect) if args.prompt_style == "milebench" else None
     return {"prompt_style": args.prompt_style, "image_aspect": aspect, "combine_images": args.combine_images}

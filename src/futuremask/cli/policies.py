@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .policies import get_policy, policy_aliases, policy_names
+from ..policies import get_policy, policy_aliases, policy_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from ..names import MERGE_KINDS, PAPER_POLICIES
-from .cli_eval import add_run_arguments
+from .eval import add_run_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,13 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import check_device, check_model_source
+    from ..eval.data import check_adv_files, load_tasks
+    from ..eval.runner import RunConfig
+    from ..eval.tune import candidates, split_ids, tune
     from ..io import check_writable
     from ..layers import parse_layers
     from ..policies import get_policy
-    from .cli_eval import load_model
-    from .data import check_adv_files, load_tasks
-    from .runner import RunConfig
-    from .tune import candidates, split_ids, tune
+    from .eval import load_model
 
     if not args.data_dir or not args.model:
         raise ValueError("futuremask tune needs --data-dir and --model")

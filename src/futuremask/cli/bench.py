@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..bench.shapes import SyntheticSize
 from ..names import BACKENDS, BENCH_POLICIES, DTYPES, MERGE_KINDS
 from ..policies import accepted_names
-from .shapes import SyntheticSize
 
 _SIZE = SyntheticSize()
 
@@ -108,8 +108,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .api import bench
-    from .report import table
+    from ..bench.api import bench
+    from ..bench.report import table
 
     _check_args(args)
     if args.eval_throughput is not None:
@@ -162,16 +162,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _write(records: list[dict], path: str | None) -> None:
     if path:
-        from .report import write_json
+        from ..bench.report import write_json
 
         write_json(path, records)
         print(f"records written to {path}")
 
 
 def _against(args: argparse.Namespace, size: SyntheticSize) -> int:
-    from .against import against_dense_mask, against_table
-    from .api import load_model
-    from .synthetic import PromptShape, synthetic_prompt
+    from ..bench.against import against_dense_mask, against_table
+    from ..bench.api import load_model
+    from ..bench.synthetic import PromptShape, synthetic_prompt
 
     model = load_model(args.model, size=size, dtype=args.dtype, device=args.device)
     shape = PromptShape(args.images, args.tokens_per_image, args.text_tokens, args.batch)
@@ -187,7 +187,7 @@ def _against(args: argparse.Namespace, size: SyntheticSize) -> int:
 
 
 def _throughput(args: argparse.Namespace) -> int:
-    from .throughput import eval_throughput, throughput_table
+    from ..bench.throughput import eval_throughput, throughput_table
 
     sizes = args.eval_throughput or [1, 8]
     if any(b < 1 for b in sizes):
