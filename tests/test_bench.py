@@ -228,7 +228,7 @@ def test_cli_bench_writes_json(tmp_path, capsys):
     code = main(
         [
             "bench",
-            "--hidden",
+            "--hidden-size",
             "32",
             "--layers",
             "1",
@@ -248,7 +248,7 @@ def test_cli_bench_writes_json(tmp_path, capsys):
             "2",
             "--repeats",
             "1",
-            "--policies",
+            "--policy",
             "causal",
             "future",
             "--merge",
@@ -256,7 +256,7 @@ def test_cli_bench_writes_json(tmp_path, capsys):
             "kernel",
             "--no-kernel-bench",
             "--no-exact-rss",
-            "--json",
+            "--output",
             str(path),
             "--plot",
             "",
@@ -348,9 +348,9 @@ def test_mask_share_is_a_share_of_the_same_prefill(tiny, monkeypatch):
     assert bench_run.blocked.cached_plan.__name__ == "cached_plan"  # the spy put the planner back
 
 
-_SMALL = ["bench", "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "64",
+_SMALL = ["bench", "--hidden-size", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "64",
           "--images", "1", "--tokens-per-image", "4", "--text-tokens", "5", "--new-tokens", "2", "--repeats", "1",
-          "--policies", "causal", "--merge", "none", "--no-kernel-bench", "--no-exact-rss", "--no-progress"]
+          "--policy", "causal", "--merge", "none", "--no-kernel-bench", "--no-exact-rss", "--no-progress"]
 
 
 def test_cli_bench_writes_a_png_only_with_plot(tmp_path, monkeypatch, capsys):
@@ -363,11 +363,11 @@ def test_cli_bench_writes_a_png_only_with_plot(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--batch", "0"], "--batch must be at least 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
     (["--new-tokens", "1"], "--new-tokens must be at least 2, got 1"),
     (["--model", "./no-such-model"], "--model ./no-such-model: no such folder"),
     (["--plot", "FILE/bench.png"], "is a file, not a folder; choose another --plot"),
-    (["--json", "FILE/b.json"], "is a file, not a folder; choose another --json"),
+    (["--output", "FILE/b.json"], "is a file, not a folder; choose another --output"),
 ])
 def test_cli_bench_refuses_before_running(tmp_path, monkeypatch, capsys, extra, message):
     monkeypatch.chdir(tmp_path)

@@ -165,7 +165,7 @@ def test_corrupt_image_fails_before_the_model_loads(ckpt, tmp_path, capsys, monk
     assert _eval(data, ckpt, out) == 2
     assert "image '1_1.png' at " in (line := _err(capsys)) and "cannot be decoded (UnidentifiedImageError" in line
     assert not out.exists()
-    assert main(["train", "--data-dir", str(data), "--steps", "1", "--out", str(tmp_path / "t")]) == 2
+    assert main(["train", "--data-dir", str(data), "--steps", "1", "--output-dir", str(tmp_path / "t")]) == 2
     assert "cannot be decoded" in _err(capsys) and not (tmp_path / "t").exists()
 
 

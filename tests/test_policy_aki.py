@@ -87,9 +87,11 @@ def test_every_command_accepts_aki_as_future_v2t():
     def resolved(names):
         return [fm.get_policy(n).name for n in names]
 
-    train = parse(["train", "--policy", "aki", "--policies", "aki", "original", "--eval-policies", "aki", "--out", "x"])
-    assert resolved([train.policy]) == ["future_v2t"] and resolved(train.policies) == ["future_v2t", "causal"]
+    train = parse(["train", "--policy", "aki", "original", "--eval-policies", "aki", "--output-dir", "x"])
+    assert resolved(train.policy) == ["future_v2t", "causal"]
     assert resolved(train.eval_policies) == ["future_v2t"]
-    assert resolved(parse(["bench", "--policies", "aki"]).policies) == ["future_v2t"]
+    assert resolved(parse(["bench", "--policy", "aki"]).policy) == ["future_v2t"]
+    assert resolved(parse(["eval", "--policy", "aki"]).policy) == ["future_v2t"]
+    assert resolved(parse(["tune", "--policy", "aki"]).policy) == ["future_v2t"]
     assert resolved([parse(["show-mask", "--merge-policy", "aki"]).merge_policy]) == ["future_v2t"]
     assert resolved(parse(["verify", "--model", "m", "--policy", "aki"]).policy) == ["future_v2t"]

@@ -33,7 +33,8 @@ def load_model(
     else:
         model = load_checkpoint_model(name, dtype=dtype, device=device)
         model.generation_config.eos_token_id = None  # benchmarks decode a fixed number of tokens
-    return model.to(device=device, dtype=torch_dtype) if isinstance(torch_dtype, torch.dtype) else model
+    # "auto" on CUDA keeps the checkpoint's (or the synthetic model's float32) dtype, and still moves it
+    return model.to(device=device, dtype=torch_dtype) if isinstance(torch_dtype, torch.dtype) else model.to(device)
 
 
 def bench(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..io import read_json, write_json_atomic
+from ..io import write_json_atomic
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -64,16 +64,12 @@ def write_json(path: str | Path, records: list[dict[str, Any]]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m futuremask.bench.report RUN.json [--markdown]``: print a saved run's table."""
-    import argparse
+    """``python -m futuremask.bench.report RUN.json [--markdown]``: ``futuremask bench-report``, its old entry."""
+    import sys
 
-    parser = argparse.ArgumentParser(prog="python -m futuremask.bench.report", description=main.__doc__)
-    parser.add_argument("json_path")
-    parser.add_argument("--markdown", action="store_true", help="a Markdown table (as in BENCHMARKS.md)")
-    args = parser.parse_args(argv)
-    records = read_json(args.json_path, list, "benchmark records file")
-    print(markdown_table(records) if args.markdown else table(records))
-    return 0
+    from ..cli import main as cli_main
+
+    return cli_main(["bench-report", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 
 from ..bench.shapes import SyntheticSize
-from ..names import BACKENDS, BENCH_POLICIES, DTYPES, MERGE_KINDS
-from ..policies import accepted_names
+from ..names import BENCH_POLICIES
+from .options import (
+    add_backend_option,
+    add_merge_options,
+    add_model_options,
+    add_option,
+    add_policy_option,
+    merge_kinds_only,
+)
 
 _SIZE = SyntheticSize()
 
@@ -21,36 +28,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     m = p.add_argument_group("model")
-    m.add_argument(
-        "--model", default="synthetic", help="'synthetic' (random weights) or a hub id / local path"
-    )
-    m.add_argument("--hidden", type=int, default=_SIZE.hidden, help="synthetic: hidden size")
+    add_model_options(m, default="synthetic", help="'synthetic' (random weights) or a hub id / local path")
+    add_option(m, "--hidden-size", "--hidden", type=int, default=_SIZE.hidden, help="synthetic: hidden size")
     m.add_argument("--layers", type=int, default=_SIZE.layers, help="synthetic: decoder layers")
     m.add_argument("--heads", type=int, default=_SIZE.heads, help="synthetic: attention heads")
     m.add_argument("--kv-heads", type=int, default=_SIZE.kv_heads, help="synthetic: key/value heads")
     m.add_argument("--intermediate", type=int, default=None, help="synthetic: MLP size (default 8/3 hidden)")
     m.add_argument("--vocab", type=int, default=_SIZE.vocab, help="synthetic: vocabulary size")
-    m.add_argument("--dtype", default="float32", choices=DTYPES)
-    m.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     q = p.add_argument_group("prompt")
     q.add_argument("--images", type=int, default=2)
     q.add_argument("--tokens-per-image", type=int, default=576)
     q.add_argument("--text-tokens", type=int, default=1152)
     q.add_argument("--new-tokens", type=int, default=16, help="tokens to decode (>= 2)")
-    q.add_argument("--batch", type=int, default=1)
+    add_option(q, "--batch-size", "--batch", type=int, default=1, help="prompts per forward (default 1)")
     r = p.add_argument_group("run")
-    r.add_argument(
-        "--policies", nargs="+", default=list(BENCH_POLICIES), choices=accepted_names()
-    )
-    r.add_argument(
-        "--merge",
-        nargs="+",
-        default=["none", "kernel"],
-        choices=("none", *MERGE_KINDS),
-        help="merge kinds to measure ('none' = the policy's mask itself)",
-    )
+    add_policy_option(r, default=BENCH_POLICIES, old=["--policies"],
+                      help=f"policies to measure (default: {' '.join(BENCH_POLICIES)})")
+    add_merge_options(r, several=True, default=["none", "kernel"],
+                      help="merge kinds to measure (none = the policy's mask itself; default: none kernel)")
     r.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all variants")
-    r.add_argument("--backend", default="auto", choices=BACKENDS)
+    add_backend_option(r)
     r.add_argument("--no-kernel-bench", action="store_true", help="skip the one-layer attention timing")
     r.add_argument(
         "--against",
@@ -78,11 +75,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="leave glibc's allocator as it is (peak RSS then includes memory it keeps cached)",
     )
     o = p.add_argument_group("output")
-    o.add_argument("--json", dest="json_path", default=None, help="write the records to this JSON file")
+    add_option(o, "--output", "--json", default=None, help="write the records to this JSON file")
     o.add_argument("--plot", dest="plot_path", nargs="?", const="bench.png", default=None,
                    help="write a PNG of the ratios (default path bench.png; none without --plot)")
     o.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+    r = sub.add_parser(
+        "bench-report",
+        help="print the table of a saved `futuremask bench --output RUN.json`",
+        description="Read the records `futuremask bench --output RUN.json` wrote and print their table "
+        "(plain text, or Markdown as in BENCHMARKS.md).",
+    )
+    r.add_argument("records", metavar="RUN.json", help="records file written by `futuremask bench --output`")
+    r.add_argument("--markdown", action="store_true", help="a Markdown table (as in BENCHMARKS.md)")
+    r.set_defaults(func=run_report)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -92,8 +99,8 @@ def _check_args(args: argparse.Namespace) -> None:
     from ..checkpoint import check_device, check_model_source
     from ..io import check_writable
 
-    least = {"repeats": 1, "batch": 1, "images": 0, "tokens_per_image": 1, "text_tokens": 1, "new_tokens": 2,
-             "hidden": 1, "layers": 1, "heads": 1, "kv_heads": 1, "vocab": 8}
+    least = {"repeats": 1, "batch_size": 1, "images": 0, "tokens_per_image": 1, "text_tokens": 1, "new_tokens": 2,
+             "hidden_size": 1, "layers": 1, "heads": 1, "kv_heads": 1, "vocab": 8}
     for name, low in least.items():
         if getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
@@ -102,7 +109,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.model != "synthetic":
         check_model_source(args.model)
     check_device(args.device)
-    for flag, path in (("--json", args.json_path), ("--plot", args.plot_path)):
+    merge_kinds_only(args, "bench")
+    for flag, path in (("--output", args.output), ("--plot", args.plot_path)):
         if path:
             check_writable(Path(path).parent, flag)
 
@@ -110,12 +118,14 @@ def _check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..bench.api import bench
     from ..bench.report import table
+    from ..checkpoint import resolve_device
 
     _check_args(args)
+    args.device = resolve_device(args.device)
     if args.eval_throughput is not None:
         return _throughput(args)
     size = SyntheticSize(
-        hidden=args.hidden,
+        hidden=args.hidden_size,
         layers=args.layers,
         heads=args.heads,
         kv_heads=args.kv_heads,
@@ -130,9 +140,9 @@ def run(args: argparse.Namespace) -> int:
         images=args.images,
         tokens_per_image=args.tokens_per_image,
         text_tokens=args.text_tokens,
-        batch=args.batch,
+        batch=args.batch_size,
         new_tokens=args.new_tokens,
-        policies=args.policies,
+        policies=args.policy,
         merges=[None if m == "none" else m for m in args.merge],
         repeats=args.repeats,
         backend=args.backend,
@@ -141,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         exact_rss=not args.no_exact_rss,
         dtype=args.dtype,
         device=args.device,
-        json_path=args.json_path,
+        json_path=args.output,
         plot_path=args.plot_path or None,
         progress=not args.no_progress,
     )
@@ -153,10 +163,20 @@ def run(args: argparse.Namespace) -> int:
         f"{first['clock']} clock"
     )
     print(table(records))
-    if args.json_path:
-        print(f"records written to {args.json_path}")
+    if args.output:
+        print(f"records written to {args.output}")
     if args.plot_path:
         print(f"plot written to {args.plot_path}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Print the table of a saved run."""
+    from ..bench.report import markdown_table, table
+    from ..io import read_json
+
+    records = read_json(args.records, list, "benchmark records file")
+    print(markdown_table(records) if args.markdown else table(records))
     return 0
 
 
@@ -174,15 +194,15 @@ def _against(args: argparse.Namespace, size: SyntheticSize) -> int:
     from ..bench.synthetic import PromptShape, synthetic_prompt
 
     model = load_model(args.model, size=size, dtype=args.dtype, device=args.device)
-    shape = PromptShape(args.images, args.tokens_per_image, args.text_tokens, args.batch)
+    shape = PromptShape(args.images, args.tokens_per_image, args.text_tokens, args.batch_size)
     inputs = {k: v.to(args.device) for k, v in synthetic_prompt(model.config, shape).items()}
     clock = args.clock if args.clock != "auto" else ("wall" if args.device.startswith("cuda") else "cpu")
-    policies = [p for p in args.policies if p not in ("causal", "original")] or ["future"]
+    policies = [p for p in args.policy if p not in ("causal", "original")] or ["future"]
     records = against_dense_mask(model, inputs, policies, repeats=args.repeats, clock=clock,
                                  exact_rss=not args.no_exact_rss)
     print(f"{shape.length} prompt tokens, median of {args.repeats} rounds, {clock} clock; ratio = fm.apply / by hand")
     print(against_table(records))
-    _write(records, args.json_path)
+    _write(records, args.output)
     return 0
 
 
@@ -193,8 +213,8 @@ def _throughput(args: argparse.Namespace) -> int:
     if any(b < 1 for b in sizes):
         raise ValueError("--eval-throughput batch sizes must be >= 1")
     clock = args.clock if args.clock != "auto" else "cpu"
-    policies = list(dict.fromkeys(args.policies)) if args.policies != list(BENCH_POLICIES) else ["causal", "future"]
+    policies = list(dict.fromkeys(args.policy)) if args.policy != list(BENCH_POLICIES) else ["causal", "future"]
     records = eval_throughput(sizes, policies, clock=clock)
     print(throughput_table(records))
-    _write(records, args.json_path)
+    _write(records, args.output)
     return 0

@@ -15,8 +15,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..names import BACKENDS, DTYPES, MERGE_KINDS, PAPER_POLICIES
+from ..names import PAPER_POLICIES
 from . import style
+from .options import (
+    add_backend_option,
+    add_merge_options,
+    add_model_options,
+    add_policy_option,
+    merge_kinds_only,
+)
 
 DEMO_POLICIES = (*PAPER_POLICIES, "mma")
 DEMO_SAMPLES = 24
@@ -33,10 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--demo", action="store_true",
                    help="offline demo: generate a small benchmark, run every policy with the tiny demo VLM, score")
-    p.add_argument("--policy", nargs="+", default=None, metavar="POLICY",
-                   help=f"one or several mask policies (default: {' '.join(PAPER_POLICIES)}; demo: all)")
-    p.add_argument("--merge", "--compress-future", dest="merge", choices=MERGE_KINDS, default=None,
-                   help="light future-aware attention: fold the future into the sink (kernel = the paper's)")
+    add_policy_option(p, default=None,
+                      help=f"one or several mask policies (default: {' '.join(PAPER_POLICIES)}; demo: all)")
+    add_merge_options(p, aliases=["--compress-future"])
     p.add_argument("--policy-map", default=None, metavar="JSON",
                    help="run each task under its own policy from a policy_map.json ({task: {policy, merge}}, "
                         "as `futuremask tune` writes it) instead of --policy/--merge")
@@ -50,8 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments ``eval`` and ``tune`` share: data, model, schedule, tasks, generation, device, output."""
     p.add_argument("--data-dir", help="MileBench folder holding <Task>/<Task>.json and <Task>/images/")
-    p.add_argument("--model", help="local path or Hugging Face hub id of a VLM (AutoModelForImageTextToText)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    add_model_options(p, help="local path or Hugging Face hub id of a VLM (AutoModelForImageTextToText)")
+    add_backend_option(p)
     p.add_argument("--layers", default=None, metavar="LAYERS",
                    help="apply the policy on these text layers only, causal on the others: e.g. 0-15 or 0-7,12 "
                         "(default: all)")
@@ -67,9 +73,6 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="prompt budget for MileBench's left truncation (default: min(4096, model positions))")
     p.add_argument("--tokens-per-image", type=int, default=None,
                    help="tokens counted per image when truncating (default: measured with the processor)")
-    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
-                   help="model dtype (auto: the checkpoint's on GPU, float32 on CPU)")
-    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0, ...")
     p.add_argument("--output-dir", default="outputs", help="runs go to <output-dir>/<model>__<policy>[__merge-<kind>]")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
@@ -139,6 +142,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("futuremask eval needs --data-dir and --model (or --demo for the offline demo)")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    merge_kinds_only(args, "eval")
     if args.model:
         check_model_source(args.model)
     check_device(args.device)

@@ -3,13 +3,13 @@
 Examples::
 
     # a tiny LLaVA from scratch on the procedural demo tasks, under modality-mutual attention
-    futuremask train --demo --policy mma --steps 4000 --out runs/demo-mma
+    futuremask train --demo --policy mma --steps 4000 --output-dir runs/demo-mma
 
     # fine-tune an existing checkpoint on MileBench-format data
-    futuremask train --init path/to/llava --data-dir path/to/data --policy future --out runs/ft
+    futuremask train --init path/to/llava --data-dir path/to/data --policy future --output-dir runs/ft
 
     # train under several policies, evaluate each under every policy, write sweep.md
-    futuremask train --demo --policies causal mma future --eval-demo --out runs/sweep
+    futuremask train --demo --policy causal mma future --eval-demo --output-dir runs/sweep
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import tempfile
 from pathlib import Path
 
 from ..io import read_json
-from ..names import BACKENDS, MERGE_KINDS
+from ..names import PAPER_POLICIES
 from ..policies import accepted_names
+from .options import add_backend_option, add_merge_options, add_option, add_policy_option, merge_from_args
 
 DEMO_TRAIN_SEED = 1  # the evaluation demo data (`futuremask eval --demo`) uses seed 0
 
@@ -53,9 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--model-seed", type=int, default=0, help="seed of the fresh model's initial weights")
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--policy", default="causal", choices=accepted_names(), help="mask policy during training")
-    opt.add_argument("--merge", choices=MERGE_KINDS, help="train with the light merge instead")
-    opt.add_argument("--backend", default="sdpa", choices=BACKENDS)
+    add_policy_option(opt, default=["causal"], old=["--policies"],
+                      help="mask policy during training (default causal); several names: a policy sweep, one "
+                           "model per policy (same init, data, steps), each evaluated (--eval-data-dir/--eval-demo)")
+    add_merge_options(opt, help="train with the light merge instead")
+    add_backend_option(opt, default="sdpa")
     opt.add_argument("--steps", type=int, default=4000)
     opt.add_argument("--batch-size", type=int, default=16)
     opt.add_argument("--lr", type=float, default=1.5e-3)
@@ -63,16 +66,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--seed", type=int, default=0, help="seed of the data order")
     opt.add_argument("--padding-side", default="right", choices=("left", "right"))
 
-    sweep = p.add_argument_group("policy sweep")
-    sweep.add_argument("--policies", nargs="+", choices=accepted_names(),
-                       help="train one model per policy (same init, data, steps) and evaluate each")
+    sweep = p.add_argument_group("policy sweep (several --policy names, or an evaluation set)")
     sweep.add_argument("--eval-data-dir", help="evaluation data for the sweep")
     sweep.add_argument("--eval-demo", action="store_true", help="evaluate the sweep on the demo tasks (seed 0)")
     sweep.add_argument("--eval-samples", type=int, default=100, help="demo evaluation samples per task")
     sweep.add_argument("--eval-policies", nargs="+", choices=accepted_names(),
-                       default=["causal", "future", "future_v2v", "future_v2t", "mma"])
+                       default=[*PAPER_POLICIES, "mma"])
 
-    p.add_argument("--out", required=True, help="output folder (checkpoint, or the sweep's folders)")
+    add_option(p, "--output-dir", "--out", required=True, help="output folder (checkpoint, or the sweep's folders)")
     p.set_defaults(func=run)
 
 
@@ -131,9 +132,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
     if args.init:
         check_model_source(args.init, "--init")
-    check_writable(args.out, "--out")
-    args.policy = get_policy(args.policy).name
-    for key in ("policies", "eval_policies"):
+    check_writable(args.output_dir, "--output-dir")
+    for key in ("policy", "eval_policies"):
         if getattr(args, key):
             setattr(args, key, list(dict.fromkeys(get_policy(p).name for p in getattr(args, key))))
 
@@ -155,22 +155,22 @@ def run(args: argparse.Namespace) -> int:
         model, processor = make_model()
         examples = milebench_examples(data_dir, processor, tasks=args.tasks, limit=args.limit,
                                       max_context_len=args.max_context_len)
-        config = TrainConfig(policy=args.policy, merge=args.merge, backend=args.backend, steps=args.steps,
+        config = TrainConfig(policy=args.policy[0], merge=merge_from_args(args), backend=args.backend, steps=args.steps,
                              batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup,
                              seed=args.seed, padding_side=args.padding_side)
         n_params = sum(p.numel() for p in model.parameters())
         print(f"{len(examples)} training examples, model with {n_params / 1e6:.2f}M parameters", flush=True)
-        if not args.policies:
+        if len(args.policy) == 1 and not (args.eval_data_dir or args.eval_demo):
             record = {"data": data_dir if args.data_dir else f"demo seed {args.demo_seed}, "
                       f"{args.demo_samples} per task", "init": args.init, "init_record": _init_record(args.init)}
-            result = train(model, processor, examples, config, output_dir=args.out, record=record)
+            result = train(model, processor, examples, config, output_dir=args.output_dir, record=record)
             step, last = result.losses[-1]
-            print(f"trained under {args.policy!r} for {args.steps} steps in {result.seconds:.0f}s "
-                  f"(loss {last:.4f} at step {step}); saved to {args.out}")
+            print(f"trained under {config.policy!r} for {args.steps} steps in {result.seconds:.0f}s "
+                  f"(loss {last:.4f} at step {step}); saved to {args.output_dir}")
             return 0
         del model
         if bool(args.eval_data_dir) == bool(args.eval_demo):
-            raise ValueError("a sweep (--policies) needs exactly one of --eval-data-dir DIR or --eval-demo")
+            raise ValueError("a sweep (several --policy names) needs exactly one of --eval-data-dir DIR or --eval-demo")
         eval_dir = args.eval_data_dir
         if args.eval_demo:
             from ..eval.demo import generate_demo_data
@@ -179,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
             generate_demo_data(eval_dir, samples_per_task=args.eval_samples, seed=0)
         from ..train.sweep import run_sweep
 
-        result = run_sweep(make_model, examples, eval_dir, args.out, config, train_policies=args.policies,
+        result = run_sweep(make_model, examples, eval_dir, args.output_dir, config, train_policies=args.policy,
                            eval_policies=args.eval_policies)
-        print((Path(args.out) / "sweep.md").read_text())
+        print((Path(args.output_dir) / "sweep.md").read_text())
         print(json.dumps({p: r["seconds"] for p, r in result["runs"].items()}), "seconds per training run")
     return 0

@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..names import MERGE_KINDS, PAPER_POLICIES
+from ..names import PAPER_POLICIES
 from .eval import add_run_arguments
+from .options import add_merge_options, add_policy_option, merge_kinds_only
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,10 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "task the best candidate whose 95%% paired bootstrap interval against causal lies above 0 "
                     "(else causal), then run the chosen map, causal and the best single policy on held-out only.",
     )
-    p.add_argument("--policy", nargs="+", default=None, metavar="POLICY",
-                   help=f"candidate policies (default: {' '.join(PAPER_POLICIES)}); causal is always the baseline")
-    p.add_argument("--merge", nargs="+", default=["none"], choices=("none", *MERGE_KINDS), metavar="MERGE",
-                   help="merge kinds to try with every non-causal policy: none, kernel, lse (default: none)")
+    add_policy_option(p, default=None, help=f"candidate policies (default: {' '.join(PAPER_POLICIES)}); causal "
+                      "is always the baseline")
+    add_merge_options(p, several=True, default=["none"],
+                      help="merge kinds to try with every non-causal policy (default: none)")
     p.add_argument("--dev-fraction", type=float, default=0.5, help="share of each task's samples used to choose")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of the bootstrap")
     p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples per interval")
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     check_model_source(args.model)
     check_device(args.device)
     check_writable(args.output_dir)
+    merge_kinds_only(args, "tune")
     if args.resamples < 1:
         raise ValueError(f"--resamples must be at least 1, got {args.resamples}")
     if args.layers:

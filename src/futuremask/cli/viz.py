@@ -6,8 +6,9 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..names import DEFAULT_PANELS, DTYPES, MERGE_KINDS, MERGE_PANEL, POOLS
+from ..names import DEFAULT_PANELS, MERGE_KINDS, MERGE_PANEL
 from ..policies import accepted_names, get_policy
+from .options import add_merge_options, add_model_options, add_policy_option, merge_from_args
 
 if TYPE_CHECKING:
     from ..layout import TokenLayout
@@ -27,9 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--layout", help=f'runs of T(ext) / V(isual) tokens, e.g. "{DEFAULT_LAYOUT}" (the default)')
     source.add_argument("--model", help="checkpoint dir or hub id whose processor tokenizes --prompt/--image")
     _prompt_args(p)
-    panels = [*accepted_names(), MERGE_PANEL]
-    p.add_argument("--policy", nargs="+", choices=panels, default=list(DEFAULT_PANELS), metavar="NAME",
-                   help=f"panels to draw (default: {' '.join(DEFAULT_PANELS)}); any of {', '.join(panels)}")
+    add_policy_option(p, default=DEFAULT_PANELS, extra=[MERGE_PANEL],
+                      help=f"panels to draw (default: {' '.join(DEFAULT_PANELS)})")
     p.add_argument("--merge-policy", default="future", choices=accepted_names(),
                    help="policy whose future the 'merge' panel folds into the sink (default: future)")
     p.add_argument("--output", default="masks.png", help="picture to write, .png, .svg or .pdf (default: masks.png)")
@@ -42,19 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run one prefill per policy and draw a layer's attention weights (one head or the mean), "
         "the weight visual rows give each key, and each row's mass on future keys and on the sink token.",
     )
-    a.add_argument("--model", help="checkpoint dir or hub id (default: the built-in random-weight tiny LLaVA)")
+    add_model_options(a, help="checkpoint dir or hub id (default: the built-in random-weight tiny LLaVA)")
     _prompt_args(a)
     a.add_argument("--policy", nargs="+", default=["causal", "future"], metavar="NAME[+MERGE]",
                    help="one or two policies side by side, e.g. 'causal future' or 'future future+kernel' "
                    f"(merge kinds: {', '.join(MERGE_KINDS)}); default: causal future")
-    a.add_argument("--merge", choices=MERGE_KINDS, help="fold the future into the sink for every non-causal policy")
-    a.add_argument("--kernel", type=int, default=3, help="merge pooling window (default 3)")
-    a.add_argument("--pool", choices=POOLS, default="max", help="merge pooling (default max)")
-    a.add_argument("--prefix", type=int, default=1, help="number of sink positions (default 1)")
+    add_merge_options(a, help="fold the future into the sink for every non-causal policy")
     a.add_argument("--layer", type=int, default=-1, help="decoder layer of the text model (default -1: the last)")
     a.add_argument("--head", type=int, help="one query head (default: the mean over heads)")
-    a.add_argument("--dtype", default="float32", choices=DTYPES)
-    a.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     a.add_argument("--output", default="attention.png", help="picture to write (default: attention.png)")
     a.set_defaults(func=run_attention_map)
 
@@ -113,15 +108,12 @@ def run_show_mask(args: argparse.Namespace) -> int:
 
 def parse_policy(spec: str, args: argparse.Namespace) -> tuple[str, Merge | None]:
     """``"future"`` / ``"future+kernel"`` -> ``(policy name, Merge or None)``; ``--merge`` fills in the kind."""
-    from ..merge import Merge
-
     name, _, kind = spec.partition("+")
     name = get_policy(name).name
     kind = kind or (args.merge if name != "causal" else None)
     if kind and kind not in MERGE_KINDS:
         raise ValueError(f"unknown merge kind {kind!r} in {spec!r}; choose one of {MERGE_KINDS}")
-    merge = Merge(kind=kind, kernel=args.kernel, pool=args.pool, prefix=args.prefix) if kind else None
-    return name, merge
+    return name, merge_from_args(args, kind) if kind else None
 
 
 def _model_and_inputs(args: argparse.Namespace) -> tuple[Any, Any, str]:

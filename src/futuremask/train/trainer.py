@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..hf import apply
 from ..io import write_json_atomic
+from ..merge import Merge
 from .collator import SFTCollator
 
 
@@ -30,7 +31,7 @@ class TrainConfig:
 
     Attributes:
         policy: mask policy of the prompt pass during training (a name from ``futuremask.POLICIES``).
-        merge: a merge kind (``"kernel"`` / ``"lse"``) or None.
+        merge: a :class:`~futuremask.merge.Merge`, a merge kind (``"kernel"`` / ``"lse"``) or None.
         backend: attention backend for :func:`futuremask.apply` (``"sdpa"``, ``"eager"``, ``"flex"``, ``"auto"``).
         steps: optimiser steps.
         batch_size: rows per step.
@@ -44,7 +45,7 @@ class TrainConfig:
     """
 
     policy: str = "causal"
-    merge: str | None = None
+    merge: Merge | str | None = None
     backend: str = "sdpa"
     steps: int = 300
     batch_size: int = 16
