@@ -48,7 +48,7 @@ def test_an_old_spelling_is_hidden_and_excludes_the_new_one(old, new, spelling, 
     command = _subparsers(build_parser())[old[0]]
     assert f"{spelling} " not in command.format_help() and f"{spelling}\n" not in command.format_help()
     with pytest.raises(SystemExit) as stop:
-        build_parser().parse_args([*old, *new[next(i for i, (a, b) in enumerate(zip(old, new)) if a != b):]])
+        build_parser().parse_args([*old, *new[next(i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b):]])
     assert stop.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
