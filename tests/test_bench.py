@@ -254,7 +254,7 @@ def test_cli_bench_writes_json(tmp_path, capsys):
             "--merge",
             "none",
             "kernel",
-            "--no-kernel-bench",
+            "--no-attention-bench",
             "--no-exact-rss",
             "--output",
             str(path),
@@ -350,7 +350,7 @@ def test_mask_share_is_a_share_of_the_same_prefill(tiny, monkeypatch):
 
 _SMALL = ["bench", "--hidden-size", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "64",
           "--images", "1", "--tokens-per-image", "4", "--text-tokens", "5", "--new-tokens", "2", "--repeats", "1",
-          "--policy", "causal", "--merge", "none", "--no-kernel-bench", "--no-exact-rss", "--no-progress"]
+          "--policy", "causal", "--merge", "none", "--no-attention-bench", "--no-exact-rss", "--no-progress"]
 
 
 def test_cli_bench_writes_a_png_only_with_plot(tmp_path, monkeypatch, capsys):

@@ -20,6 +20,7 @@ RENAMED = [
     (["bench", "--batch", "2"], ["bench", "--batch-size", "2"], "--batch"),
     (["bench", "--policies", "future", "mma"], ["bench", "--policy", "future", "mma"], "--policies"),
     (["bench", "--hidden", "32"], ["bench", "--hidden-size", "32"], "--hidden"),
+    (["bench", "--no-kernel-bench"], ["bench", "--no-attention-bench"], "--no-kernel-bench"),
     ([*TRAIN, "--out", "runs/x"], [*TRAIN, "--output-dir", "runs/x"], "--out"),
     ([*TRAIN, "--policies", "causal", "mma", "--output-dir", "o"], [*TRAIN, "--policy", "causal", "mma", "--output-dir", "o"],
      "--policies"),
@@ -63,7 +64,7 @@ def test_an_old_spelling_still_runs_a_command(tmp_path, capsys):
     """bench --json writes the records file --output would (a 1-layer model, one variant)."""
     small = ["bench", "--hidden-size", "16", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "32",
              "--images", "1", "--tokens-per-image", "2", "--text-tokens", "3", "--new-tokens", "2", "--repeats", "1",
-             "--policy", "causal", "--merge", "none", "--no-kernel-bench", "--no-exact-rss", "--no-progress"]
+             "--policy", "causal", "--merge", "none", "--no-attention-bench", "--no-exact-rss", "--no-progress"]
     assert main([*small, "--json", str(tmp_path / "old.json")]) == 0
     assert "--json is deprecated" in capsys.readouterr().err
     records = json.loads((tmp_path / "old.json").read_text())

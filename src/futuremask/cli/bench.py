@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="merge kinds to measure (none = the policy's mask itself; default: none kernel)")
     r.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all variants")
     add_backend_option(r)
-    r.add_argument("--no-kernel-bench", action="store_true", help="skip the one-layer attention timing")
+    add_option(r, "--no-attention-bench", "--no-kernel-bench", action="store_true",
+               help="skip the one-layer attention timing")
     r.add_argument(
         "--against",
         choices=("dense-mask",),
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         merges=[None if m == "none" else m for m in args.merge],
         repeats=args.repeats,
         backend=args.backend,
-        kernel_bench=not args.no_kernel_bench,
+        kernel_bench=not args.no_attention_bench,
         clock=args.clock,
         exact_rss=not args.no_exact_rss,
         dtype=args.dtype,

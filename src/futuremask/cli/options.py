@@ -47,7 +47,7 @@ class DeprecatedAlias(argparse.Action):
                  option_string: str | None = None) -> None:
         print(f"{parser.prog}: {option_string} is deprecated and will be removed in the next release; "
               f"use {self.new}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
 def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, new: str, *old: str,
@@ -55,8 +55,8 @@ def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, new: s
     """``parser.add_argument(new, *aliases, **kwargs)`` plus hidden, deprecated spellings ``old``.
 
     ``aliases`` are documented second names (``--compress-future``, the paper's); ``old`` share the
-    option's destination, ``nargs``, ``type`` and ``choices`` (a store action with a value), do not appear
-    in ``--help`` and warn when used. New and old spellings exclude each other; ``required`` is met by either.
+    option's destination, ``nargs``, ``type``, ``choices`` and ``const`` (a store or store-true action), do
+    not appear in ``--help`` and warn when used. New and old spellings exclude each other; ``required`` is met by either.
     """
     if not old:
         return parser.add_argument(new, *aliases, **kwargs)
@@ -65,7 +65,7 @@ def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, new: s
     action = group.add_argument(new, *aliases, **kwargs)
     for name in old:
         group.add_argument(name, dest=action.dest, action=DeprecatedAlias, new=new, nargs=action.nargs,
-                           type=action.type, choices=action.choices, metavar=action.metavar,
+                           const=action.const, type=action.type, choices=action.choices, metavar=action.metavar,
                            default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return action
 
