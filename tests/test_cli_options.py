@@ -56,7 +56,8 @@ def test_an_old_spelling_is_hidden_and_excludes_the_new_one(old, new, spelling, 
 def test_the_old_required_spelling_meets_required(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(TRAIN)
-    assert "--output-dir" in capsys.readouterr().err and "--out " not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "one of the arguments --output-dir is required" in err and "--out " not in err
     assert build_parser().parse_args([*TRAIN, "--out", "x"]).output_dir == "x"
 
 
