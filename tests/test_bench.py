@@ -16,6 +16,7 @@ import torch
 
 import futuremask as fm
 import futuremask.hf as fm_hf
+import futuremask.hf_masks as fm_masks
 from futuremask.bench import PromptShape, SyntheticSize, bench, synthetic_llava, synthetic_prompt
 from futuremask.bench.memory import PeakMemory, rss_supported
 from futuremask.bench.run import _MaskSpy, attended_pairs, variants
@@ -89,7 +90,7 @@ def test_decode_steps_build_no_overlay(tiny, monkeypatch):
             state["step"] += 1
             return torch.zeros(input_ids.shape[0], dtype=torch.bool)
 
-    real = fm_hf.overlay_mod
+    real = fm_masks.overlay_mod
 
     def spy(policy, layout):
         mod = real(policy, layout)
@@ -98,7 +99,7 @@ def test_decode_steps_build_no_overlay(tiny, monkeypatch):
             None if mod is None else (lambda b, h, q, kv: evaluated.append(state["step"]) or mod(b, h, q, kv))
         )
 
-    monkeypatch.setattr(fm_hf, "overlay_mod", spy)
+    monkeypatch.setattr(fm_masks, "overlay_mod", spy)
     inputs = _prompt(tiny)
     length = inputs["input_ids"].shape[1]
     for merge in (None, "kernel", "lse"):

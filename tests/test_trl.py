@@ -13,8 +13,7 @@ import torch
 from conftest import draw_image
 
 import futuremask as fm
-from futuremask import hf as fm_hf
-from futuremask.layout import IGNORE_INDEX
+from futuremask.layout import IGNORE_INDEX, TokenLayout
 from futuremask.tiny import CHAT_TEMPLATE, tiny_llava
 from futuremask.train import PromptMaskCollator
 
@@ -42,18 +41,18 @@ def _messages():
 
 
 class _Recorder:
-    """Records the layout of every model call that futuremask builds (hf._Call reads it from the inputs)."""
+    """Records the layout of every model call that futuremask builds (hf_masks.Call reads it from the inputs)."""
 
     def __init__(self, monkeypatch):
         self.layouts = []
-        real = fm_hf.TokenLayout.from_inputs
+        real = TokenLayout.from_inputs
 
         def record(*args, **kwargs):
             layout = real(*args, **kwargs)
             self.layouts.append((kwargs, layout))
             return layout
 
-        monkeypatch.setattr(fm_hf.TokenLayout, "from_inputs", record)
+        monkeypatch.setattr(TokenLayout, "from_inputs", record)
 
 
 def _train(policy, rows, tmp_path, collator=None, **config):

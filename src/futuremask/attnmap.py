@@ -18,7 +18,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .hf import apply, prompt_rows
+from .hf import apply
+from .hf_masks import prompt_rows
 from .kernels.common import repeat_kv
 from .layout import TokenLayout, text_config
 from .merge import Merge, merged_logits
@@ -83,7 +84,7 @@ def _record_layer(impl: str, layer: int, policy_mask: bool) -> Iterator[dict[str
     """While active, the attention function registered as ``impl`` records its inputs at ``layer``.
 
     With ``policy_mask``, the mask recorded is the one the kernel applies: the prompt pass's policy rows
-    (kept beside the model's own mask, :func:`futuremask.hf.prompt_rows`) made dense."""
+    (kept beside the model's own mask, :func:`futuremask.hf_masks.prompt_rows`) made dense."""
     original = ALL_ATTENTION_FUNCTIONS[impl]
     seen: dict[str, Any] = {"calls": 0}
 

@@ -8,9 +8,11 @@ How it plugs in (DESIGN §6):
 * A forward pre-hook on the model reads the call's layout (visual tokens, padding, prompt region)
   and holds it in a context variable for the duration of the call, so it follows whatever
   ``generate`` does with the batch (beams, ``num_return_sequences``).
-* The mask builder runs once per forward (per mask type). For the prompt pass (query offset 0,
-  more than one query) it ORs the policy's overlay into the model's own mask; decoding steps get
-  the model's own causal mask and the KV cache. A prompt split over several passes is refused.
+* The mask builder runs once per forward (per mask type), :mod:`futuremask.hf_masks`: for the prompt
+  pass (query offset 0, more than one query) it adds the policy's overlay to the model's own mask and
+  records both in the call's ``PromptPass``, where each attention function looks up what its layer
+  runs; decoding steps get the model's own causal mask and the KV cache. A prompt split over several
+  passes is refused.
 
 Per-family notes: LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Idefics3 and InternVL expand image
 placeholders in ``input_ids``, so the layout comes from the config's ``image_token_id``. Gemma3 keeps
@@ -23,13 +25,13 @@ from __future__ import annotations
 import contextvars
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, flex_attention_mask, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface
 
+from .hf_masks import ACTIVE, Call, PromptSplitError, layer_mask, mask_builder
 from .hf_train import (
     MissingPromptError,
     check_training_call,
@@ -42,191 +44,26 @@ from .hf_train import (
 from .kernels import eager_attention, flex_attention, merge_attention, sdpa_attention
 from .kernels.rows import FutureRows
 from .layers import LayerSpec, describe_layers, resolve_layers
-from .layout import PER_TOKEN_KEYS, TokenLayout, text_config, visual_token_ids
+from .layout import PER_TOKEN_KEYS, text_config, visual_token_ids
 from .merge import Merge
 from .names import BACKENDS
-from .policies import Policy, get_policy, overlay_mod
+from .policies import Policy, get_policy
 
 IMPL_PREFIX = "futuremask_"
-
-
-class PromptSplitError(RuntimeError):
-    """A prompt reached the model in several passes, where the policy cannot be applied exactly."""
-
-
-@dataclass
-class _Prefill:
-    """What the mask builder prepared for the attention functions of one prompt pass."""
-
-    sinks: torch.Tensor | None  # long [B, L, p]: each query's sink positions (merge only)
-    segment_end: torch.Tensor  # long [B, L]: one past the end of each query's segment
-    futures: dict[int, FutureRows] = field(default_factory=dict)  # id(base mask) -> the policy's rows
-
-
-@dataclass
-class _Call:
-    """The state of one model call under a handle.
-
-    The layout is read from the call's inputs only when a prompt pass asks for it, so decoding
-    steps cost nothing.
-    """
-
-    handle: FutureMask
-    inputs: dict[str, Any]
-    prefill: _Prefill | None = None
-    scheduled: bool = False  # a prompt mask of this call carries a layer schedule (_keep_causal)
-    _layout: TokenLayout | None = None
-
-    @property
-    def layout(self) -> TokenLayout:
-        if self._layout is None:
-            self._layout = TokenLayout.from_inputs(self.handle.model.config, **self.inputs)
-        return self._layout
-
-
-_ACTIVE: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("futuremask_call", default=None)
-
-
-# --- mask builders ---------------------------------------------------------------------------------
-
-
-def _make_mask_builder(backend: str):
-    base_builder = flex_attention_mask if backend == "flex" else sdpa_mask
-
-    def build(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs):
-        call = _ACTIVE.get()
-        args = dict(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
-                    kv_offset=kv_offset, attention_mask=attention_mask)
-        if call is None or call.handle.is_plain_causal:
-            return base_builder(**args, **kwargs)
-        if int(q_offset) != 0 or int(kv_offset) != 0:
-            if q_length > 1:
-                raise PromptSplitError(
-                    f"futuremask policy {call.handle.policy.name!r} needs the whole prompt in one pass, but "
-                    f"{q_length} tokens arrived after {int(q_offset)} cached ones (chunked prefill, or "
-                    "generate() on a pre-filled cache). Run the full prompt in one call with an empty cache."
-                )
-            return base_builder(**args, **kwargs)  # a decoding step: the model's own causal mask
-        if q_length == 1:
-            return base_builder(**args, **kwargs)
-        layout = call.layout
-        if layout.length != q_length or layout.batch_size != batch_size:
-            raise RuntimeError(
-                f"futuremask saw a prompt pass of shape [{batch_size}, {q_length}] that does not match the "
-                "input_ids of the model call; call the model with input_ids of the whole prompt"
-            )
-        # future keys only (kv > q, overlay_mod): on a sliding-window or chunked layer (Gemma3, Qwen2 with
-        # use_sliding_window) the past stays limited to the window, as the model was trained, and the
-        # model's own mask keeps packed sequences apart for j <= i
-        overlay = overlay_mod(call.handle.policy, layout)
-        if overlay is None:  # `causal` with a merge: there is no future to fold, the stock mask is exact
-            return base_builder(**args, **kwargs)
-        if backend == "flex":
-            causal = base_builder(**args, **kwargs) if call.handle.layers is not None else None
-            kwargs["mask_function"] = _or_guarded(kwargs["mask_function"], overlay, layout.length)
-            return _keep_causal(call, base_builder(**args, **kwargs), causal)
-        # the model's own mask (None when exactly causal: SDPA's is_causal path) stands for the prompt
-        # pass's mask; the attention functions find the policy's rows under it, evaluated a block at a time
-        base = base_builder(**args, **kwargs)
-        if call.prefill is None:
-            merge = call.handle.merge
-            sinks = None if merge is None else layout.sequence_sinks(merge.prefix)
-            call.prefill = _Prefill(sinks=sinks, segment_end=layout.segment_end)
-        call.prefill.futures[id(base)] = FutureRows(
-            overlay, base, q_length, batch_size, on=layout.valid.device, kv=int(kv_length)
-        )
-        return base
-
-    return build
-
-
-_SCHEDULE_ATTR = "_futuremask_schedule"
-
-
-def _keep_causal(call: _Call, mask, causal):
-    """With a layer schedule, attach ``(layers, the model's own mask)`` to the policy's mask.
-
-    The pair travels with the mask object itself, so a layer recomputed by gradient checkpointing,
-    outside the forward call, still picks the right one.
-    """
-    if call.handle.layers is not None:
-        setattr(mask, _SCHEDULE_ATTR, (call.handle.layers, causal))
-        call.scheduled = True
-    return mask
-
-
-def _layer_mask(module, attention_mask):
-    """The mask for this layer: the policy's on scheduled layers, the model's own causal mask elsewhere."""
-    schedule = getattr(attention_mask, _SCHEDULE_ATTR, None)
-    if schedule is None:
-        call = _ACTIVE.get()
-        if call is not None and call.scheduled and getattr(attention_mask, "shape", (0, 0))[-2] > 1:
-            raise RuntimeError(
-                f"futuremask: layer {getattr(module, 'layer_idx', '?')} received a prompt mask that futuremask did "
-                "not build (the model changed it on the way), so the per-layer schedule cannot be applied to it"
-            )
-        return attention_mask
-    layers, causal = schedule
-    return attention_mask if _layer_index(module) in layers else causal
-
-
-def _layer_index(module) -> int:
-    index = getattr(module, "layer_idx", None)
-    if index is None:
-        raise RuntimeError(
-            f"a per-layer schedule needs the attention modules' layer_idx, which {type(module).__name__} "
-            "does not have; apply the policy to every layer (layers=None)"
-        )
-    return int(index)
-
-
-def _or_guarded(mask_function, overlay, length: int):
-    """``mask_function OR overlay``, the overlay evaluated only for keys inside the prompt."""
-
-    def mod(b, h, q, kv):
-        inside = kv < length
-        return mask_function(b, h, q, kv) | (overlay(b, h, q, kv.clamp(max=length - 1)) & inside)
-
-    return mod
 
 
 # --- attention functions (transformers' signature) --------------------------------------------------
 
 
-def prompt_rows(attention_mask) -> FutureRows | None:
-    """The policy's rows of the prompt pass whose model mask is ``attention_mask`` (None otherwise)."""
-    call = _ACTIVE.get()
-    prefill = call.prefill if call is not None else None
-    return prefill.futures.get(id(attention_mask)) if prefill is not None else None
-
-
-def _policy_rows(module, attention_mask, query) -> FutureRows | None:
-    """The policy's rows for this layer of a prompt pass; None on a decoding step or a layer a schedule leaves causal.
-
-    A prompt pass whose layer receives a mask the builder did not make (the model changed it on the way)
-    is refused rather than silently run causal.
-    """
-    rows = prompt_rows(attention_mask)
-    call = _ACTIVE.get()
-    if call is None or call.prefill is None or not call.handle.on_layer(module):
-        return None
-    if rows is None and query.shape[2] > 1:
-        raise RuntimeError(
-            f"futuremask: layer {getattr(module, 'layer_idx', '?')} of a prompt pass received an attention mask "
-            "that futuremask did not build (the model changed it on the way), so the policy cannot be applied to it"
-        )
-    return rows
-
-
 def _sdpa_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    mask = _policy_rows(module, attention_mask, query) or attention_mask
+    mask = layer_mask(module, attention_mask)  # FutureRows on a prompt pass's policy layer
     out = sdpa_attention(query, key, value, mask, scale=scaling, dropout=dropout)
     return out.transpose(1, 2).contiguous(), None
 
 
 def _eager_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    rows = _policy_rows(module, attention_mask, query)
-    mask = attention_mask if rows is None else rows.dense()
+    mask = layer_mask(module, attention_mask)
+    mask = mask.dense() if isinstance(mask, FutureRows) else mask
     out, weights = eager_attention(
         query, key, value, mask, scale=scaling, dropout=dropout, training=module.training
     )
@@ -236,21 +73,21 @@ def _eager_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=No
 def _flex_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     if dropout:
         raise ValueError("futuremask's flex backend does not support attention dropout; use backend='sdpa'")
-    out = flex_attention(query, key, value, _layer_mask(module, attention_mask), scale=scaling)
+    out = flex_attention(query, key, value, layer_mask(module, attention_mask), scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
 
 def _merge_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    future = _policy_rows(module, attention_mask, query)
-    if future is None:  # a decoding step, or a layer the schedule leaves causal
+    future = layer_mask(module, attention_mask)
+    if not isinstance(future, FutureRows):  # a decoding step, or a layer the schedule leaves causal
         return _sdpa_fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
-    prefill = _ACTIVE.get().prefill
+    call = ACTIVE.get()
     length = query.shape[2]
     base = None if attention_mask is None else attention_mask[..., :length]
     out = merge_attention(
         query, key[:, :, :length], value[:, :, :length], base, future,
-        merge=_ACTIVE.get().handle.merge, prefix_positions=prefill.sinks, scale=scaling,
-        prompt_end=prefill.segment_end,
+        merge=call.handle.merge, prefix_positions=call.prompt.sinks, scale=scaling,
+        prompt_end=call.prompt.segment_end,
     )
     return out.transpose(1, 2).contiguous(), None
 
@@ -265,7 +102,7 @@ def _register() -> None:
         return
     for name, fn in _FUNCTIONS.items():
         AttentionInterface.register(IMPL_PREFIX + name, fn)
-        AttentionMaskInterface.register(IMPL_PREFIX + name, _make_mask_builder(name))
+        AttentionMaskInterface.register(IMPL_PREFIX + name, mask_builder(name))
     _registered = True
 
 
@@ -342,7 +179,7 @@ class FutureMask:
                     target.register_forward_hook(self._after_forward, always_call=True),
                 ]
         self._tokens: list[contextvars.Token] = []
-        self._pending: _Call | None = None
+        self._pending: Call | None = None
         self._pinned: list = []
         self._warned_empty = False
         self._original_prepare = model.prepare_inputs_for_generation
@@ -358,10 +195,6 @@ class FutureMask:
         """True when nothing differs from the stock causal mask (``causal`` without merge)."""
         return self.policy.is_causal and self.merge is None
 
-    def on_layer(self, module) -> bool:
-        """Whether the policy applies to the attention ``module`` (by its ``layer_idx``)."""
-        return self.layers is None or _layer_index(module) in self.layers
-
     def _set_impl(self, name: str) -> None:
         if getattr(self.model.config, "text_config", None) is not None:
             self.model.set_attn_implementation({"text_config": name})
@@ -369,10 +202,10 @@ class FutureMask:
             self.model.set_attn_implementation(name)
 
     def _before_forward(self, module, args, kwargs):
-        active = _ACTIVE.get()
+        active = ACTIVE.get()
         if active is not None and active.handle is self:  # the wrapper's call reaching the model it holds
             kwargs.pop("prompt_mask", None)
-            self._tokens.append(_ACTIVE.set(active))
+            self._tokens.append(ACTIVE.set(active))
             return args, kwargs
         attention_mask = kwargs.get("attention_mask")
         prepared, self._pending = self._pending, None
@@ -384,22 +217,22 @@ class FutureMask:
                 )
             call = prepared  # generate() with a static cache made the mask before forward
         else:
-            call = _Call(handle=self, inputs=_layout_inputs(args, kwargs))
+            call = Call(handle=self, inputs=_layout_inputs(args, kwargs))
             check_training_call(self, module, call.inputs, lambda: call.layout)
         if module.training and torch.is_grad_enabled():
-            self._pinned += pin_checkpointing(self.model, _ACTIVE, text_config(self.model.config), IMPL_PREFIX + self.backend)
+            self._pinned += pin_checkpointing(self.model, ACTIVE, text_config(self.model.config), IMPL_PREFIX + self.backend)
         kwargs.pop("prompt_mask", None)
-        self._tokens.append(_ACTIVE.set(call))
+        self._tokens.append(ACTIVE.set(call))
         return args, kwargs
 
     def _prepare_inputs_for_generation(self, *args, **kwargs):
         """generate() builds 4-D masks here for static caches: give the mask builder the layout."""
-        call = _Call(handle=self, inputs=_layout_inputs(args, kwargs))
-        token = _ACTIVE.set(call)
+        call = Call(handle=self, inputs=_layout_inputs(args, kwargs))
+        token = ACTIVE.set(call)
         try:
             model_inputs = self._original_prepare(*args, **kwargs)
         finally:
-            _ACTIVE.reset(token)
+            ACTIVE.reset(token)
         mask = model_inputs.get("attention_mask")
         if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
             self._pending = call
@@ -407,7 +240,7 @@ class FutureMask:
 
     def _after_forward(self, module, args, output):
         if self._tokens:
-            _ACTIVE.reset(self._tokens.pop())
+            ACTIVE.reset(self._tokens.pop())
         return output
 
     def remove(self) -> None:
