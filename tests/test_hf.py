@@ -365,25 +365,34 @@ def test_prefilled_cache_is_refused(llava, prompts):
     assert model.config.text_config._attn_implementation == "sdpa"
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "eager"])
-def test_a_layer_mask_changed_by_the_model_is_refused_not_run_causal(llava, batch, backend):
+CHANGED_MASK_CASES = [
+    ({"backend": "sdpa"}, 1), ({"backend": "eager"}, 1), ({"backend": "flex"}, 1), ({"merge": "kernel"}, 1),
+    ({"backend": "sdpa", "layers": [1]}, 1), ({"backend": "flex", "layers": [1]}, 1),
+    ({"backend": "sdpa", "layers": [1]}, 0), ({"backend": "flex", "layers": [1]}, 0),
+]
+
+
+@pytest.mark.parametrize("kwargs, layer", CHANGED_MASK_CASES, ids=lambda c: str(c).replace(" ", ""))
+def test_a_layer_mask_changed_by_the_model_is_refused_not_run_causal(llava, batch, kwargs, layer):
     """The layers find the policy's rows by the mask object the builder made; a model (or a hook) that hands a
-    layer another mask object must get an error, since that layer would otherwise run causal silently."""
+    layer another mask object must get an error, since that layer would otherwise run causal silently (or, on
+    a layer a schedule leaves causal, run whatever the changed mask holds: with flex, the policy)."""
     model, _ = llava
-    attn = model.model.language_model.layers[1].self_attn
+    attn = model.model.language_model.layers[layer].self_attn
 
     def swap(module, args, kwargs):
-        if kwargs.get("attention_mask") is not None:
-            kwargs["attention_mask"] = kwargs["attention_mask"].clone()
+        mask = kwargs.get("attention_mask")
+        if mask is not None:  # a copy of the same content (a tensor, or flex's BlockMask)
+            kwargs["attention_mask"] = mask.clone() if isinstance(mask, torch.Tensor) else copy.copy(mask)
         return args, kwargs
 
     hook = attn.register_forward_pre_hook(swap, with_kwargs=True)
     try:
         assert batch["attention_mask"].min() == 0  # padded: the layers receive a mask tensor
-        with fm.apply(model, "future", backend=backend), torch.no_grad():
-            with pytest.raises(RuntimeError, match="layer 1 of a prompt pass received an attention mask"):
+        with fm.apply(model, "future", **kwargs), torch.no_grad():
+            with pytest.raises(RuntimeError, match=f"layer {layer} of a prompt pass received an attention mask"):
                 model(**batch)
-        with fm.apply(model, "causal", backend=backend), torch.no_grad():
+        with fm.apply(model, "causal", **kwargs), torch.no_grad():
             model(**batch)  # the stock mask needs nothing found: causal runs as the stock model
     finally:
         hook.remove()
