@@ -111,6 +111,21 @@ def test_batching_equals_batch_size_one(reference, model_and_processor, tasks, t
     assert _tree(tmp_path) == _tree(reference)
 
 
+def test_a_run_gives_the_processor_back_with_its_own_padding_side(reference, model_and_processor, tasks, tmp_path):
+    """The runner pads its batches on the left, then restores the tokenizer's padding_side: a caller that pads on
+    the right (training, scoring) must not find its processor switched to left padding by an evaluation."""
+    model, processor = model_and_processor
+    tokenizer = processor.tokenizer
+    before = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        evaluate(model, processor, tasks, ["causal", "future"], tmp_path, _config(batch_size=4))
+        assert tokenizer.padding_side == "right"
+    finally:
+        tokenizer.padding_side = before
+    assert _tree(tmp_path) == _tree(reference)  # the batches were still left-padded: the same records
+
+
 def test_interrupted_run_resumes_to_the_same_files(reference, model_and_processor, tasks, tmp_path, monkeypatch):
     model, processor = model_and_processor
     real = runner.generate_batch

@@ -6,8 +6,10 @@ chat template gets a plain prompt: the processor's image token followed by the q
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +177,24 @@ def prompt_text(processor: Any, prompt: str = DEFAULT_PROMPT, n_images: int = 1)
     return " ".join([image_token] * n_images + [prompt])
 
 
+@contextlib.contextmanager
+def left_padding(processor: Any) -> Iterator[None]:
+    """While active, ``processor``'s tokenizer (or ``processor`` itself, a tokenizer) pads on the left.
+
+    Its own ``padding_side`` comes back on exit, so a caller that pads on the right (training) keeps doing so.
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    side = getattr(tokenizer, "padding_side", None)
+    if side is None:
+        yield
+        return
+    tokenizer.padding_side = "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+
+
 def sample_inputs(
     processor: Any,
     image: Any = None,
@@ -195,19 +215,12 @@ def sample_inputs(
     image = sample_image() if image is None else image
     prompts = [prompt or DEFAULT_PROMPT] + list(extra_prompts or [])
     texts = [prompt_text(processor, p) for p in prompts]
-    tokenizer = getattr(processor, "tokenizer", None)
-    side = getattr(tokenizer, "padding_side", None)
-    if tokenizer is not None:
-        tokenizer.padding_side = "left"
-    try:
+    with left_padding(processor):
         batch = processor(images=[image] * len(texts), text=texts, padding=len(texts) > 1, return_tensors="pt")
-    finally:
-        if tokenizer is not None and side is not None:
-            tokenizer.padding_side = side
     return batch.to(device) if device is not None else batch
 
 
 __all__ = [
-    "DEFAULT_PROMPT", "check_device", "check_model_source", "load_checkpoint", "load_model", "load_processor",
+    "DEFAULT_PROMPT", "check_device", "check_model_source", "left_padding", "load_checkpoint", "load_model", "load_processor",
     "open_image", "prompt_text", "resolve_device", "resolve_dtype", "sample_image", "sample_inputs",
 ]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from transformers import StoppingCriteriaList
 
+from ..checkpoint import left_padding
 from . import milebench_style as mb
 from .data import DataError, Sample
 from .prompts import IMAGE_SLOT, Prompt, build_prompt, image_token_text, raw_context, truncate
@@ -87,14 +88,14 @@ def processor_batch(processor, texts: Sequence[str], images: Sequence[Sequence])
         text already starts with BOS, so the BOS is never doubled).
     """
     tokenizer = getattr(processor, "tokenizer", processor)
-    tokenizer.padding_side = "left"
     texts, images = list(texts), [list(i) for i in images]
     bos = getattr(tokenizer, "bos_token", None)
     add_special = not (bos and all(t.startswith(bos) for t in texts))
     kwargs = dict(text=texts, padding=True, return_tensors="pt", add_special_tokens=add_special)
     if any(images):
         kwargs["images"] = images
-    return processor(**kwargs)
+    with left_padding(processor):
+        return processor(**kwargs)
 
 
 def batch_inputs(model, processor, texts: Sequence[str], images: Sequence[Sequence]) -> dict:
