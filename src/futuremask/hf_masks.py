@@ -2,9 +2,9 @@
 
 transformers asks the registered mask builder for every mask a forward needs (full, sliding, chunked).
 
-* The guard, :func:`prompt_pass`, decides which pass the mask is for: not ours (no handle, or nothing
+* The guard, :func:`is_prompt_pass`, decides which pass the mask is for: not ours (no handle, or nothing
   differs from the stock mask) and decoding steps get the model's own mask; a prompt split over several
-  passes is refused; a prompt pass gets the call's :class:`PromptPass`.
+  passes is refused; a prompt pass gets the call's :class:`PromptPass` (:func:`prompt_pass`).
 * One builder per backend (:data:`BUILDERS`, as transformers keys its own) makes the prompt pass's mask
   and records it in the :class:`PromptPass`: sdpa, eager and merge keep the policy's rows
   (:class:`~futuremask.kernels.rows.FutureRows`) beside the model's own mask, flex ORs the policy into
@@ -99,25 +99,29 @@ ACTIVE: contextvars.ContextVar[Call | None] = contextvars.ContextVar("futuremask
 # --- the guard -------------------------------------------------------------------------------------
 
 
-def prompt_pass(call: Call | None, batch_size: int, q_length: int, q_offset, kv_offset) -> PromptPass | None:
-    """Which pass a mask is for: the call's :class:`PromptPass`, or None where the model's own mask is exact.
+def is_prompt_pass(call: Call | None, q_length: int, q_offset, kv_offset) -> bool:
+    """Whether a mask request is a prompt pass under a policy (the whole prompt, from an empty cache).
 
-    None: no handle, a plain causal handle, a decoding step (one query after the cache), or a policy with
-    no future pairs (``causal`` with a merge). A prompt that arrives after cached tokens raises
-    :class:`PromptSplitError`; a pass whose shape is not the call's ``input_ids`` raises RuntimeError.
+    False where the model's own mask is exact: no handle, a plain causal handle, a decoding step (one
+    query after the cache). A prompt that arrives after cached tokens raises :class:`PromptSplitError`.
     """
     if call is None or call.handle.is_plain_causal:
-        return None
-    if int(q_offset) != 0 or int(kv_offset) != 0:
-        if q_length > 1:
-            raise PromptSplitError(
-                f"futuremask policy {call.handle.policy.name!r} needs the whole prompt in one pass, but "
-                f"{q_length} tokens arrived after {int(q_offset)} cached ones (chunked prefill, or "
-                "generate() on a pre-filled cache). Run the full prompt in one call with an empty cache."
-            )
-        return None
-    if q_length == 1:
-        return None
+        return False
+    if int(q_offset) == 0 and int(kv_offset) == 0:
+        return q_length > 1
+    if q_length > 1:
+        raise PromptSplitError(
+            f"futuremask policy {call.handle.policy.name!r} needs the whole prompt in one pass, but "
+            f"{q_length} tokens arrived after {int(q_offset)} cached ones (chunked prefill, or "
+            "generate() on a pre-filled cache). Run the full prompt in one call with an empty cache."
+        )
+    return False
+
+
+def prompt_pass(call: Call, batch_size: int, q_length: int) -> PromptPass | None:
+    """The call's :class:`PromptPass` (made on its first mask), None for a policy with no future pairs
+    (``causal`` with a merge: the stock mask is exact). A pass whose shape ``[B, L]`` is not the call's
+    ``input_ids`` raises RuntimeError."""
     layout = call.layout
     if layout.length != q_length or layout.batch_size != batch_size:
         raise RuntimeError(
@@ -147,8 +151,8 @@ def _rows_mask(prompt: PromptPass, stock: Callable[..., Any], args: dict[str, An
     """sdpa, eager, merge: the model's own mask (None when exactly causal: SDPA's ``is_causal`` path) stands
     for the pass; the kernels find the policy's rows beside it, evaluated a block at a time."""
     base = stock(**args)
-    rows = FutureRows(prompt.overlay, base, args["q_length"], args["batch_size"], on=prompt.layout.valid.device,
-                      kv=int(args["kv_length"]))
+    rows = FutureRows(prompt.overlay, base, args["q_length"], args["batch_size"],
+                      on=prompt.layout.valid.device, kv=int(args["kv_length"]))
     prompt.masks.append(LayerMasks(built=base, policy=rows, causal=base))
     return base
 
@@ -191,7 +195,10 @@ def mask_builder(backend: str) -> Callable[..., Any]:
     def build(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs):
         args = dict(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
                     kv_offset=kv_offset, attention_mask=attention_mask, **kwargs)
-        prompt = prompt_pass(ACTIVE.get(), batch_size, q_length, q_offset, kv_offset)
+        call = ACTIVE.get()
+        if not is_prompt_pass(call, q_length, q_offset, kv_offset):
+            return stock(**args)
+        prompt = prompt_pass(call, batch_size, q_length)
         return stock(**args) if prompt is None else build_prompt(prompt, stock, args)
 
     return build
@@ -207,28 +214,33 @@ def layer_mask(module: torch.nn.Module, attention_mask: Any) -> Any:
     elsewhere. Outside one (decoding steps, no policy): ``attention_mask`` as given. A prompt-pass layer
     that receives a mask no builder made (the model changed it on the way) is refused rather than run causal.
     """
-    call = ACTIVE.get()
-    prompt = call.prompt if call is not None else None
+    prompt = _active_prompt()
     if prompt is None:
         return attention_mask
     masks = prompt.find(attention_mask)
     if masks is None:
         raise RuntimeError(
-            f"futuremask: layer {getattr(module, 'layer_idx', '?')} of a prompt pass received an attention mask "
-            "that futuremask did not build (the model changed it on the way), so the policy cannot be applied to it"
+            f"futuremask: layer {getattr(module, 'layer_idx', '?')} of a prompt pass received an attention "
+            "mask that futuremask did not build (the model changed it on the way), so the policy cannot be "
+            "applied to it"
         )
     return masks.policy if on_layer(module, prompt.layers) else masks.causal
 
 
 def prompt_rows(attention_mask: Any) -> FutureRows | None:
     """The policy's rows of the prompt pass whose model mask is ``attention_mask`` (None otherwise)."""
-    call = ACTIVE.get()
-    masks = call.prompt.find(attention_mask) if call is not None and call.prompt is not None else None
+    prompt = _active_prompt()
+    masks = prompt.find(attention_mask) if prompt is not None else None
     return masks.policy if masks is not None and isinstance(masks.policy, FutureRows) else None
 
 
+def _active_prompt() -> PromptPass | None:
+    call = ACTIVE.get()
+    return call.prompt if call is not None else None
+
+
 def on_layer(module: torch.nn.Module, layers: frozenset[int] | None) -> bool:
-    """Whether a policy on ``layers`` (None: all) applies to the attention ``module`` (by its ``layer_idx``)."""
+    """Whether a policy on ``layers`` (None: all) applies to attention ``module`` (by its ``layer_idx``)."""
     if layers is None:
         return True
     index = getattr(module, "layer_idx", None)
