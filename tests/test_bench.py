@@ -138,8 +138,8 @@ def test_blocked_path_in_model_plans_once_and_equals_stock_model_with_dense_mask
     visual = inputs["input_ids"] == tiny.config.image_token_id
     valid = inputs["attention_mask"].bool()
     plans = []
-    real_plan = blocked.plan
-    monkeypatch.setattr(blocked, "plan", lambda *a, **k: plans.append(1) or real_plan(*a, **k))
+    real_plan = blocked.batch_plan  # the whole batch's plan (one plan per batch row inside)
+    monkeypatch.setattr(blocked, "batch_plan", lambda *a, **k: plans.append(1) or real_plan(*a, **k))
     monkeypatch.setattr(sdpa, "MIN_BLOCKED_ROWS", 16)
     for policy in ("future", "future_v2v", "future_v2t", "mma", "image_bidirectional"):
         dense = fm.build_mask(policy, visual, attention_mask=inputs["attention_mask"])[:, None]

@@ -16,8 +16,9 @@ import futuremask.kernels.merge as merge_kernel
 from futuremask import Merge, build_mask
 from futuremask.kernels import blocked, sdpa
 from futuremask.kernels.blocked import blocked_sdpa, plan
+from futuremask.kernels.rows import FutureRows
 from futuremask.layout import TokenLayout
-from futuremask.policies import POLICIES, policy_mask
+from futuremask.policies import POLICIES, overlay_mod, policy_mask
 
 
 def _layout(length: int, spans: list[tuple[int, int]]) -> torch.Tensor:
@@ -270,3 +271,43 @@ def test_blocked_sdpa_and_merge_run_under_inference_mode(policy):
         merged_inf = merge_attention(qi, ki, vi, ci, mi & ~ci, merge=merge, prefix_positions=sinks)
     torch.testing.assert_close(out, expected, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(merged_inf, merged, atol=2e-6, rtol=1e-5)
+
+
+def _two_prompts_left_padded(length: int = 320):
+    """A left-padded batch of two prompts whose images sit at other positions (row 1: 60 padding tokens)."""
+    vis = torch.zeros(2, length, dtype=torch.bool)
+    vis[0, 20:120] = vis[0, 150:230] = True
+    vis[1, 90:170] = vis[1, 200:250] = True
+    attention_mask = torch.ones(2, length, dtype=torch.long)
+    attention_mask[1, :60] = 0
+    return TokenLayout.from_masks(vis, attention_mask=attention_mask)
+
+
+@pytest.mark.parametrize("policy", ["causal", "future", "mma", "future_v2t"])
+def test_padded_batch_of_other_prompts_is_planned_row_by_row(policy):
+    """Each batch row keeps its own structure: the batch costs what its rows cost alone (a plan of the
+    whole batch only sees the pieces both rows share and scores far more), with the same result."""
+    torch.manual_seed(3)
+    layout = _two_prompts_left_padded()
+    mask = policy_mask(policy, layout)[:, None]
+    groups = blocked.batch_plan(mask)
+    assert sorted(b for g in groups for b in g.rows) == [0, 1]
+    batched = sum(len(g.rows) * _scored_pairs(g.blocks) for g in groups)
+    alone = sum(_scored_pairs(plan(mask[b : b + 1])) for b in range(2))
+    assert batched == alone < 0.8 * 2 * _scored_pairs(plan(mask))
+    q, k, v = (torch.randn(2, 2, layout.length, 8) for _ in range(3))
+    rows = FutureRows(overlay_mod(policy, layout), policy_mask("causal", layout)[:, None], layout.length, 2)
+    for m in (mask, rows if overlay_mod(policy, layout) is not None else mask):
+        out = blocked_sdpa(q, k, v, m)
+        for b in range(2):  # each row alone, under its own mask, unpadded
+            keep = layout.valid[b]
+            qb, kb, vb = (t[b : b + 1, :, keep] for t in (q, k, v))
+            want = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask[b : b + 1][:, :, keep][..., keep])
+            torch.testing.assert_close(out[b : b + 1, :, keep], want, atol=2e-6, rtol=1e-5)
+        assert out[1, :, ~layout.valid[1]].abs().max() == 0  # padding rows attend nothing: zeros
+
+
+def test_copies_of_one_prompt_share_one_plan():
+    mask = build_mask("future", _layout(200, [(10, 90)]), attention_mask=torch.ones(3, 200, dtype=torch.long))[:, None]
+    (group,) = blocked.batch_plan(mask)
+    assert group.rows == (0, 1, 2) and _scored_pairs(group.blocks) == _scored_pairs(plan(mask[:1]))

@@ -15,7 +15,12 @@ The pieces of a run are gathered into at most three SDPA calls (all full pieces 
 causal square, all masked pieces side by side), combined exactly through their log-sum-exp
 (``softmax`` over the union of disjoint key sets); a run needing one call makes one plain call.
 The work done is then the attended pairs, and no mask larger than ``block x Lk`` is converted to
-float (only where a run's rows differ, e.g. padding in a batch).
+float (only where a run's rows differ).
+
+A batch is planned one batch row at a time (:func:`batch_plan`) and rows with the same plan run
+together: in a left-padded batch every row's images sit at other positions, so one plan for the
+whole batch would only find the pieces all rows share (mostly ``masked`` ones, scored in full); each
+row's own plan keeps its structure, and its padding keys are skipped.
 """
 
 from __future__ import annotations
@@ -221,23 +226,71 @@ def plan(mask: torch.Tensor | FutureRows, block: int = DEFAULT_BLOCK) -> tuple[B
     return tuple(blocks)
 
 
+@dataclass(frozen=True)
+class RowGroup:
+    """Batch rows ``rows`` that share one plan; its masked pieces hold the masks of these rows, in order."""
+
+    rows: tuple[int, ...]
+    blocks: tuple[Block, ...]
+
+
+def _batch_row(mask: torch.Tensor | FutureRows, b: int) -> torch.Tensor | FutureRows:
+    if isinstance(mask, FutureRows):
+        return mask.select(b)
+    return mask[b : b + 1] if mask.shape[0] > 1 else mask
+
+
+def _shape_of(blocks: tuple[Block, ...]) -> tuple:
+    return tuple((blk.start, blk.stop, tuple((p.start, p.stop, p.kind) for p in blk.pieces)) for blk in blocks)
+
+
+def _stacked(plans: list[tuple[Block, ...]]) -> tuple[Block, ...]:
+    """One plan of the same shape for several batch rows: masked pieces get the rows' masks side by side."""
+    if len(plans) == 1:
+        return plans[0]
+    blocks = []
+    for parts in zip(*plans, strict=True):
+        pieces = []
+        for same in zip(*(blk.pieces for blk in parts), strict=True):
+            p = same[0]
+            if p.kind == "masked":
+                p = Piece(p.start, p.stop, p.kind, torch.cat([x.mask for x in same]), torch.cat([x.row_any for x in same]))
+            pieces.append(p)
+        blocks.append(Block(parts[0].start, parts[0].stop, tuple(pieces)))
+    return tuple(blocks)
+
+
+def batch_plan(mask: torch.Tensor | FutureRows, block: int = DEFAULT_BLOCK) -> tuple[RowGroup, ...]:
+    """:func:`plan` of each batch row of ``mask`` (bool ``[B, 1, Lq, Lk]`` or a :class:`FutureRows`), rows
+    with the same pieces gathered into one :class:`RowGroup` (one group, the whole batch, when every
+    row has the same structure, e.g. copies of one prompt)."""
+    batch = mask.batch_size if isinstance(mask, FutureRows) else mask.shape[0]
+    if batch == 1:
+        return (RowGroup((0,), plan(mask, block)),)
+    plans = [plan(_batch_row(mask, b), block) for b in range(batch)]
+    groups: dict[tuple, list[int]] = {}
+    for b, blocks in enumerate(plans):
+        groups.setdefault(_shape_of(blocks), []).append(b)
+    return tuple(RowGroup(tuple(rows), _stacked([plans[b] for b in rows])) for rows in groups.values())
+
+
 _cache: dict[str, object] = {"ref": None, "version": None, "block": None, "plan": None}
 
 
-def cached_plan(mask: torch.Tensor | FutureRows, block: int = DEFAULT_BLOCK) -> tuple[Block, ...]:
-    """:func:`plan`, memoised for the last mask tensor seen (every layer of a forward passes the same
-    tensor), or kept on the :class:`FutureRows` itself (which lives for one forward)."""
+def cached_plan(mask: torch.Tensor | FutureRows, block: int = DEFAULT_BLOCK) -> tuple[RowGroup, ...]:
+    """:func:`batch_plan`, memoised for the last mask tensor seen (every layer of a forward passes the
+    same tensor), or kept on the :class:`FutureRows` itself (which lives for one forward)."""
     if isinstance(mask, FutureRows):
         key = ("plan", block)
         if key not in mask.memo:
-            mask.memo[key] = plan(mask, block)
+            mask.memo[key] = batch_plan(mask, block)
         return mask.memo[key]
     if mask.is_inference():  # made under torch.inference_mode (vLLM): no version counter to key a memo on
-        return plan(mask, block)
+        return batch_plan(mask, block)
     ref = _cache["ref"]
     if ref is not None and ref() is mask and _cache["version"] == mask._version and _cache["block"] == block:
         return _cache["plan"]  # type: ignore[return-value]
-    result = plan(mask, block)
+    result = batch_plan(mask, block)
     _cache.update(ref=weakref.ref(mask), version=mask._version, block=block, plan=result)
     return result
 
@@ -320,12 +373,28 @@ def blocked_sdpa(
     """``[B, H, Lq, D]``: the same result as SDPA under ``mask``, block by block.
 
     ``mask`` is bool ``[B, 1, Lq, Lk]`` or a :class:`FutureRows` (planned a chunk of rows at a time,
-    never held whole). ``k``/``v`` must already have ``H`` heads. Query row ``i`` is taken to sit at key
+    never held whole; each batch row on its own, rows with the same plan computed together). ``k``/``v`` must already have ``H`` heads. Query row ``i`` is taken to sit at key
     position ``i`` (a prompt pass from an empty cache). Rows with no allowed key come out as zeros.
     With ``return_lse`` also the log-sum-exp of each row's scaled scores, float ``[B, H, Lq]``
     (float32 at least, ``-inf`` for rows with no key): CPU only (PyTorch's CPU flash kernel reports it).
     """
-    blocks = cached_plan(mask, block)
+    groups = cached_plan(mask, block)
+    if len(groups) == 1:
+        return _planned(q, k, v, groups[0].blocks, scale, return_lse)
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:-1], dtype=_lse_dtype(q), device=q.device) if return_lse else None
+    for group in groups:
+        rows = torch.tensor(group.rows, device=q.device)
+        part = _planned(q[rows], k[rows], v[rows], group.blocks, scale, return_lse)
+        if return_lse:
+            out[rows], lse[rows] = part
+        else:
+            out[rows] = part
+    return (out, lse) if return_lse else out
+
+
+def _planned(q, k, v, blocks: tuple[Block, ...], scale: float | None, return_lse: bool):
+    """SDPA of the batch rows ``q`` (``[b, H, Lq, D]``) under their shared plan ``blocks``."""
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[:-1], dtype=_lse_dtype(q), device=q.device) if return_lse else None
     for blk in blocks:

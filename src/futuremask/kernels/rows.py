@@ -55,6 +55,16 @@ class FutureRows:
             return self.base.shape[-1]
         return self.length if self.kv is None else self.kv
 
+    def select(self, b: int) -> FutureRows:
+        """Batch row ``b`` alone: the same rows as a :class:`FutureRows` of batch size 1 (for per-row plans)."""
+        overlay = self.overlay
+
+        def one(bb, h, q, kv):
+            return overlay(bb + b, h, q, kv)
+
+        base = None if self.base is None else self.base[b : b + 1] if self.base.shape[0] > 1 else self.base
+        return FutureRows(one, base, self.length, 1, on=self.on, kv=self.kv)
+
     def allowed(self, start: int, stop: int) -> torch.Tensor:
         """bool ``[B, stop - start, Lk]``: the keys query rows ``start:stop`` attend (base or future)."""
         device = self.device
