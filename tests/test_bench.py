@@ -429,7 +429,25 @@ def test_against_dense_mask_records(tiny):
 def test_eval_throughput_compares_predictions_across_batch_sizes():
     from futuremask.bench.throughput import eval_throughput
 
-    records = eval_throughput((1, 3), ("future",), samples_per_task=3, max_new_tokens=3)
-    assert [r["batch_size"] for r in records] == [1, 3]
+    records = eval_throughput((1, 3), ("future",), merges=(None, "lse"), repeats=2, samples_per_task=3,
+                              max_new_tokens=3)
+    assert [(r["variant"], r["batch_size"]) for r in records] == [("future", 1), ("future", 3),
+                                                                   ("future+lse", 1), ("future+lse", 3)]
     assert all(r["identical"] for r in records)  # batching changes no answer
     assert records[0]["speedup"] == 1.0 and records[1]["samples"] == records[0]["samples"] > 0
+    assert all(r["seconds_min"] <= r["seconds"] <= r["seconds_max"] for r in records)
+
+
+def test_eval_throughput_sees_an_answer_that_batching_changes(monkeypatch):
+    import futuremask.eval.runner as runner
+    from futuremask.bench.throughput import eval_throughput
+
+    real = runner.generate_batch
+
+    def batching_changes_the_last_answer(model, processor, prompts, *args, **kwargs):
+        answers = real(model, processor, prompts, *args, **kwargs)
+        return answers[:-1] + [answers[-1] + " x"] if len(prompts) > 1 else answers
+
+    monkeypatch.setattr(runner, "generate_batch", batching_changes_the_last_answer)
+    records = eval_throughput((1, 3), ("causal",), repeats=1, samples_per_task=3, max_new_tokens=2)
+    assert [r["identical"] for r in records] == [True, False]

@@ -215,7 +215,8 @@ def _throughput(args: argparse.Namespace) -> int:
         raise ValueError("--eval-throughput batch sizes must be >= 1")
     clock = args.clock if args.clock != "auto" else "cpu"
     policies = list(dict.fromkeys(args.policy)) if args.policy != list(BENCH_POLICIES) else ["causal", "future"]
-    records = eval_throughput(sizes, policies, clock=clock)
+    merges = [None if m == "none" else m for m in args.merge] if args.merge != ["none", "kernel"] else [None]
+    records = eval_throughput(sizes, policies, merges=merges, repeats=args.repeats, clock=clock)
     print(throughput_table(records))
     _write(records, args.output)
     return 0
