@@ -115,7 +115,7 @@ def eval_throughput(
 def throughput_table(records: list[dict]) -> str:
     """Markdown table of :func:`eval_throughput` records."""
     out = ["| variant | batch size | samples | seconds (median [min-max]) | samples/s | x first batch size "
-           "(median of rounds' min-max) | wall s | identical predictions |", "|---|---|---|---|---|---|---|---|"]
+           "(ratio of medians [rounds' min-max]) | wall s | identical predictions |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
         out.append(f"| {r['variant']} | {r['batch_size']} | {r['samples']} | {r['seconds']:.2f} "
                    f"[{r['seconds_min']:.2f}-{r['seconds_max']:.2f}] | {r['samples_per_s']:.1f} | {r['speedup']:.2f} "
