@@ -81,7 +81,7 @@ def test_a_policy_without_the_worker_is_refused_at_start(tiny):
     del kwargs["worker_cls"]
     import vllm
 
-    with pytest.raises(Exception, match="needs worker_cls"):
+    with pytest.raises(Exception, match="needs futuremask.s worker_cls"):
         close(vllm.LLM(model=path, **kwargs))
 
 
@@ -92,6 +92,6 @@ def test_a_runner_left_by_another_engine_is_never_used():
         vllm_config = object()
 
     backend.publish_runner(Runner())
-    with pytest.raises(ValueError, match="needs worker_cls"):
+    with pytest.raises(ValueError, match="needs futuremask.s worker_cls"):
         backend.runner_for(object(), "future")
     assert backend.runner_for(Runner.vllm_config, "future") is backend._RUNNER[0]

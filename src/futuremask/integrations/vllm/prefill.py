@@ -26,6 +26,22 @@ def _never(b, h, q, kv):
     return torch.zeros((), dtype=torch.bool, device=q.device)
 
 
+def window_size(sliding_window: int | tuple[int, int] | None) -> int:
+    """A stock implementation's ``sliding_window`` as a window length (``0``: none).
+
+    vLLM's CPU backend keeps the window length (``-1``: none); FlashAttention keeps its
+    ``(left, right)`` pair, ``(window - 1, 0)`` for a causal layer (``(-1, -1)``: none).
+    """
+    if sliding_window is None:
+        return 0
+    if isinstance(sliding_window, tuple):
+        left, right = sliding_window
+        if right > 0:
+            raise ValueError(f"a decoder layer with a window that reaches {right} keys ahead: {sliding_window}")
+        return left + 1 if left >= 0 else 0
+    return max(int(sliding_window), 0)
+
+
 def window_mod(layout: TokenLayout, window: int) -> MaskMod:
     """The model's own mask of a layer: causal, and ``i - j < window`` when ``window > 0``."""
     causal = causal_layout_mod(layout)
@@ -38,7 +54,8 @@ def window_mod(layout: TokenLayout, window: int) -> MaskMod:
 class PromptPass:
     """Rows ``start:stop`` of the step's flat batch: one request's prompt from position 0.
 
-    ``layout`` is ``[1, stop - start]``. After a preemption vLLM recomputes the prompt and the tokens
+    ``layout`` is ``[1, stop - start]``, on the device of the step's tensors (its masks are made there).
+    After a preemption vLLM recomputes the prompt and the tokens
     generated so far in one pass; those come after ``layout.prompt`` ends, as text, so no query sees
     them as future and their own rows stay causal.
     """
@@ -55,9 +72,9 @@ class PromptPass:
     def masks(self, policy: Policy, window: int) -> tuple[torch.Tensor, torch.Tensor]:
         """bool ``[1, 1, L, L]`` base (the layer's own mask) and future keys, made once per step and window."""
         if window not in self._masks:
-            length = self.stop - self.start
-            base = dense_mask(window_mod(self.layout, window), 1, length, length)
-            extra = dense_mask(self.future(policy), 1, length, length)
+            length, device = self.stop - self.start, self.layout.valid.device
+            base = dense_mask(window_mod(self.layout, window), 1, length, length, device=device)
+            extra = dense_mask(self.future(policy), 1, length, length, device=device)
             self._masks[window] = (base[:, None], extra[:, None])
         return self._masks[window]
 
@@ -69,6 +86,7 @@ def plan_step(
     prompt_lens: torch.Tensor,
     query_start: torch.Tensor,
     seq_lens: torch.Tensor,
+    device: torch.device | str = "cpu",
 ) -> list[PromptPass]:
     """The whole-prompt passes of a step whose prompt the policy changes.
 
@@ -79,6 +97,7 @@ def plan_step(
         prompt_lens: long ``[R]``, each request's prompt length.
         query_start: long ``[R + 1]``, where each request's rows start in the flat batch.
         seq_lens: long ``[R]``, each request's length after this step.
+        device: where the step's queries are; each pass's layout (and so its masks) is put there.
 
     Raises:
         PromptSplitError: a request computes part of its prompt in this step (a chunk, a prefix-cache
@@ -105,7 +124,7 @@ def plan_step(
                 "(chunked prefill, a prefix-cache hit or a partial recompute). Start the engine with "
                 "futuremask.integrations.vllm.engine_kwargs(policy)."
             )
-        passes.append(PromptPass(start, stop, layout))
+        passes.append(PromptPass(start, stop, layout.to(device)))
     return passes
 
 

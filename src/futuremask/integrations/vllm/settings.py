@@ -13,10 +13,10 @@ from typing import Any
 from ...layout import visual_token_ids
 from ...merge import Merge
 from ...policies import Policy, get_policy
+from .platforms import ServingPlatform
 
 POLICY_KEY = "futuremask_policy"
 MERGE_KEY = "futuremask_merge"
-CPU_WORKER = "futuremask.integrations.vllm.worker.FutureMaskCPUWorker"
 
 
 @dataclass(frozen=True)
@@ -53,17 +53,20 @@ def _merge(value: Any) -> Merge | None:
     raise ValueError(f"{MERGE_KEY} must be a kind name ('kernel', 'lse', 'none') or a dict; got {value!r}")
 
 
-def check_engine(settings: Settings, vllm_config: Any) -> None:
-    """Refuse, at start-up, engine settings that would split a prompt or change its keys.
+def check_engine(settings: Settings, vllm_config: Any, platform: ServingPlatform) -> None:
+    """Refuse, at start-up, engine settings that would split a prompt, change its keys or skip the recompute.
 
     Chunked prefill and prefix caching feed a prompt in several passes; the policy needs the whole
     prompt in one pass (DESIGN §3). A quantized KV cache would make the recomputed prompt rows read
-    other keys than the decoding steps.
+    other keys than the decoding steps. Where the platform needs eager mode (CUDA graphs would replay a
+    step without the recompute), compiled or graph mode is refused.
     """
     if not settings.active:
         return
     scheduler, cache = vllm_config.scheduler_config, vllm_config.cache_config
     problems = []
+    if platform.engine.get("enforce_eager") and not vllm_config.model_config.enforce_eager:
+        problems.append(f"on {platform.name} the engine must run eagerly (enforce_eager=True / --enforce-eager)")
     if scheduler.enable_chunked_prefill:
         problems.append("chunked prefill is on (enable_chunked_prefill=False / --no-enable-chunked-prefill)")
     if getattr(scheduler, "long_prefill_token_threshold", 0):
@@ -74,30 +77,36 @@ def check_engine(settings: Settings, vllm_config: Any) -> None:
         problems.append(f"kv_cache_dtype={cache.cache_dtype!r} (use 'auto')")
     if problems:
         raise ValueError(
-            f"futuremask policy {settings.policy.name!r} needs the whole prompt in one pass, but "
-            + "; ".join(problems)
+            f"futuremask policy {settings.policy.name!r} needs the whole prompt in one pass, computed by its "
+            "backend, but " + "; ".join(problems)
             + ". futuremask.integrations.vllm.engine_kwargs(policy) gives the settings."
         )
 
 
 def engine_kwargs(
-    policy: str, merge: Merge | str | None = None, hf_overrides: dict[str, Any] | None = None
+    policy: str,
+    platform: ServingPlatform | None,
+    merge: Merge | str | None = None,
+    hf_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.LLM`` (and ``EngineArgs``) that serve ``policy`` exactly.
+    """Keyword arguments of ``vllm.LLM`` (and ``EngineArgs``) that serve ``policy`` exactly on ``platform``.
 
     Args:
         policy: a name from :data:`futuremask.POLICIES` (aliases work).
+        platform: where the engine runs (:data:`.platforms.PLATFORMS`); None only for the stock engine.
         merge: a :class:`futuremask.Merge`, a kind name (``"kernel"``, ``"lse"``) or None.
         hf_overrides: other config overrides of yours, merged with the futuremask keys.
 
     Returns:
         ``hf_overrides`` with the futuremask keys and, unless the engine is the stock one (``causal``
-        without merge), ``worker_cls`` (the worker that tells the attention backend each request's
-        prompt), ``enable_chunked_prefill=False`` and ``enable_prefix_caching=False``.
+        without merge), ``worker_cls`` (the platform's worker, which tells the attention backend each
+        request's prompt), ``enable_chunked_prefill=False``, ``enable_prefix_caching=False`` and the
+        platform's own settings (``platform.engine``).
 
     Example:
-        >>> from vllm import LLM                                        # doctest: +SKIP
-        >>> llm = LLM("llava-hf/llava-1.5-7b-hf", **engine_kwargs("future_v2v"))  # doctest: +SKIP
+        >>> from futuremask.integrations.vllm.platforms import PLATFORMS
+        >>> sorted(engine_kwargs("future_v2v", PLATFORMS["cpu"]))
+        ['enable_chunked_prefill', 'enable_prefix_caching', 'hf_overrides', 'worker_cls']
     """
     settings = Settings(policy=get_policy(policy), merge=Merge.coerce(merge))
     overrides = dict(hf_overrides or {})
@@ -106,5 +115,8 @@ def engine_kwargs(
         overrides[MERGE_KEY] = asdict(settings.merge)
     kwargs: dict[str, Any] = {"hf_overrides": overrides}
     if settings.active:
-        kwargs.update(worker_cls=CPU_WORKER, enable_chunked_prefill=False, enable_prefix_caching=False)
+        if platform is None:
+            raise ValueError(f"futuremask policy {settings.policy.name!r} needs a platform to serve on")
+        kwargs.update(worker_cls=platform.worker, enable_chunked_prefill=False, enable_prefix_caching=False,
+                      **platform.engine)
     return kwargs
