@@ -53,6 +53,22 @@ def reference(model, processor, text, images, policy, merge=None, new_tokens=NEW
     return ids[0].tolist(), prompt_lp, gen.tolist(), gen_lp
 
 
+def requests(prompts=MIXED) -> list[dict]:
+    """vLLM's request dicts for ``(text, images)`` pairs."""
+    return [{"prompt": t, "multi_modal_data": {"image": imgs}} if imgs else {"prompt": t} for t, imgs in prompts]
+
+
+def served(out):
+    """``(prompt ids, prompt log-probs [L-1], greedy ids, their log-probs)`` of one vLLM ``RequestOutput``
+    (sampled with ``prompt_logprobs=0, logprobs=0``), in the order of :func:`reference`."""
+    ids = list(out.prompt_token_ids)
+    prompt_lp = torch.tensor([lp[t].logprob for lp, t in zip(out.prompt_logprobs[1:], ids[1:], strict=True)])
+    completion = out.outputs[0]
+    gen = list(completion.token_ids)
+    gen_lp = torch.tensor([lp[t].logprob for lp, t in zip(completion.logprobs, gen, strict=True)])
+    return ids, prompt_lp, gen, gen_lp
+
+
 def all_references(model, processor) -> dict:
     """``{(policy, merge): [reference per MIXED prompt]}`` for CASES and causal, plus ``"preempt"``."""
     refs = {

@@ -28,15 +28,20 @@ ENGINE = dict(
 )
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """``(path, references)``: a random tiny LLaVA (head_dim 32, as vLLM's CPU kernel needs), saved, and
-    the Hugging Face results of every case (cases.all_references), computed before any engine starts."""
+def save_tiny(path) -> dict:
+    """Save a random tiny LLaVA (head_dim 32, as vLLM's CPU kernel needs) and its processor at ``path``;
+    return the Hugging Face results of every case (cases.all_references), computed before any engine starts."""
     model, processor = tiny_llava(hidden_size=128, num_heads=4, num_kv_heads=2, vision_hidden_size=64, seed=1)
-    path = tmp_path_factory.mktemp("tiny-llava")
     model.save_pretrained(path)
     processor.save_pretrained(path)
-    return str(path), all_references(model, processor)
+    return all_references(model, processor)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """``(path, references)`` of :func:`save_tiny`."""
+    path = tmp_path_factory.mktemp("tiny-llava")
+    return str(path), save_tiny(path)
 
 
 def make_engine(path: str, policy: str, merge=None, **overrides) -> vllm.LLM:

@@ -7,8 +7,7 @@ compared with the Hugging Face model run on that prompt alone, so the batch also
 from __future__ import annotations
 
 import pytest
-import torch
-from cases import CASES, MIXED, NEW_TOKENS
+from cases import CASES, MIXED, NEW_TOKENS, requests, served
 from conftest import close, make_engine
 from vllm import SamplingParams
 
@@ -28,17 +27,14 @@ def test_vllm_equals_hf(tiny, policy, merge):
     path, refs = tiny
     llm = make_engine(path, policy, merge)
     try:
-        requests = [{"prompt": t, "multi_modal_data": {"image": imgs}} if imgs else {"prompt": t} for t, imgs in MIXED]
         params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, prompt_logprobs=0, logprobs=0,
                                 ignore_eos=True)
-        outputs = llm.generate(requests, params, use_tqdm=False)
+        outputs = llm.generate(requests(), params, use_tqdm=False)
     finally:
         close(llm)
     for (text, _), out, (ids, prompt_lp, gen, gen_lp) in zip(MIXED, outputs, refs[(policy, merge)], strict=True):
-        assert out.prompt_token_ids == ids
-        got_prompt = torch.tensor([lp[t].logprob for lp, t in zip(out.prompt_logprobs[1:], ids[1:], strict=True)])
+        got_ids, got_prompt, got_gen, got_gen_lp = served(out)
+        assert got_ids == ids
         assert (got_prompt - prompt_lp).abs().max().item() <= TOL, text
-        completion = out.outputs[0]
-        assert list(completion.token_ids) == gen, text
-        got_gen = torch.tensor([lp[t].logprob for lp, t in zip(completion.logprobs, gen, strict=True)])
-        assert (got_gen - gen_lp).abs().max().item() <= TOL, text
+        assert got_gen == gen, text
+        assert (got_gen_lp - gen_lp).abs().max().item() <= TOL, text

@@ -7,7 +7,7 @@ are in decoding; the result then equals the Hugging Face model's uninterrupted g
 
 from __future__ import annotations
 
-from cases import PREEMPT, PREEMPT_POLICY, PREEMPT_TOKENS
+from cases import PREEMPT, PREEMPT_POLICY, PREEMPT_TOKENS, requests
 from conftest import close, make_engine
 from vllm import SamplingParams
 
@@ -29,9 +29,8 @@ def test_preempted_requests_are_recomputed_exactly(tiny, monkeypatch):
     # (about 110 tokens each at the end).
     llm = make_engine(path, PREEMPT_POLICY, block_size=32, kv_cache_memory_bytes=9 * 32 * 1024)
     try:
-        requests = [{"prompt": t, "multi_modal_data": {"image": imgs}} for t, imgs in PREEMPT]
         params = SamplingParams(max_tokens=PREEMPT_TOKENS, temperature=0.0, ignore_eos=True)
-        outputs = llm.generate(requests, params, use_tqdm=False)
+        outputs = llm.generate(requests(PREEMPT), params, use_tqdm=False)
     finally:
         close(llm)
     assert recomputed, "no request was preempted: the test did not exercise a recompute"

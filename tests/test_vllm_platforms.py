@@ -68,3 +68,18 @@ def test_cuda_graphs_are_refused_on_cuda_not_on_cpu():
     check_engine(settings, engine(enforce_eager=True), PLATFORMS["cuda"])
     check_engine(settings, engine(enforce_eager=False), PLATFORMS["cpu"])
     check_engine(Settings(policy=fm.get_policy("causal"), merge=None), engine(False), PLATFORMS["cuda"])
+
+
+@pytest.mark.parametrize("part,field,value,message", [
+    ("model_config", "enable_prompt_embeds", True, "prompt embeddings are on"),
+    ("parallel_config", "decode_context_parallel_size", 2, "decode_context_parallel_size=2 shards"),
+    ("parallel_config", "prefill_context_parallel_size", 2, "prefill_context_parallel_size=2 shards"),
+])
+def test_settings_that_hide_the_visual_positions_or_shard_the_keys_are_refused(part, field, value, message):
+    config = engine(enforce_eager=True)
+    config.parallel_config = SimpleNamespace(decode_context_parallel_size=1, prefill_context_parallel_size=1)
+    settings = Settings(policy=fm.get_policy("mma"), merge=None)
+    check_engine(settings, config, PLATFORMS["cpu"])
+    setattr(getattr(config, part), field, value)
+    with pytest.raises(ValueError, match=message):
+        check_engine(settings, config, PLATFORMS["cpu"])

@@ -58,7 +58,8 @@ def check_engine(settings: Settings, vllm_config: Any, platform: ServingPlatform
 
     Chunked prefill and prefix caching feed a prompt in several passes; the policy needs the whole
     prompt in one pass (DESIGN §3). A quantized KV cache would make the recomputed prompt rows read
-    other keys than the decoding steps. Where the platform needs eager mode (CUDA graphs would replay a
+    other keys than the decoding steps; context parallelism shards them. Prompt embeddings carry no
+    token ids to find the visual positions in. Where the platform needs eager mode (CUDA graphs would replay a
     step without the recompute), compiled or graph mode is refused.
     """
     if not settings.active:
@@ -75,6 +76,12 @@ def check_engine(settings: Settings, vllm_config: Any, platform: ServingPlatform
         problems.append("prefix caching is on (enable_prefix_caching=False / --no-enable-prefix-caching)")
     if cache.cache_dtype != "auto":
         problems.append(f"kv_cache_dtype={cache.cache_dtype!r} (use 'auto')")
+    if getattr(vllm_config.model_config, "enable_prompt_embeds", False):
+        problems.append("prompt embeddings are on: their token ids cannot say which positions are visual")
+    parallel = getattr(vllm_config, "parallel_config", None)
+    for size in ("decode_context_parallel_size", "prefill_context_parallel_size"):
+        if getattr(parallel, size, 1) > 1:
+            problems.append(f"{size}={getattr(parallel, size)} shards a prompt's keys across ranks (use 1)")
     if problems:
         raise ValueError(
             f"futuremask policy {settings.policy.name!r} needs the whole prompt in one pass, computed by its "
