@@ -12,6 +12,7 @@ import pytest
 from conftest import close, make_engine
 from vllm.platforms import interface
 from vllm.utils.import_utils import resolve_obj_by_qualname
+from vllm.v1.attention import selector
 from vllm.v1.attention.backend import AttentionType
 from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionBackend,
@@ -108,13 +109,20 @@ def test_a_decoder_layer_on_another_backend_is_refused():
 
 
 def test_an_engine_whose_layers_run_the_stock_backend_is_refused_at_start(tiny, monkeypatch):
-    """Without the check this engine would serve every prompt causal: nothing of futuremask runs in it."""
+    """Without the check this engine would serve every prompt causal: nothing of futuremask runs in it.
+
+    vLLM keeps the backend class it chose per layer configuration (``_cached_get_attn_backend``), and the
+    plugin entry point and the worker both register futuremask's: all three are undone for this engine.
+    """
     path, _ = tiny
+    monkeypatch.setattr(fmv, "register", lambda: None)  # what the vllm.general_plugins entry point calls
     monkeypatch.setattr(worker, "register", lambda: None)
     AttentionBackendEnum.CPU_ATTN.clear_override()
+    selector._cached_get_attn_backend.cache_clear()
     try:
-        with pytest.raises(Exception, match="run another backend"):
+        with pytest.raises(Exception, match=r"run another backend: .*\(CPUAttentionBackendImpl\)"):
             close(make_engine(path, "future"))
     finally:
         register()
+        selector._cached_get_attn_backend.cache_clear()  # later engines choose futuremask's again
     assert AttentionBackendEnum.CPU_ATTN.get_class() is resolve_obj_by_qualname(PLATFORMS["cpu"].backend)
