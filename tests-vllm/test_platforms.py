@@ -126,3 +126,13 @@ def test_an_engine_whose_layers_run_the_stock_backend_is_refused_at_start(tiny, 
         register()
         selector._cached_get_attn_backend.cache_clear()  # later engines choose futuremask's again
     assert AttentionBackendEnum.CPU_ATTN.get_class() is resolve_obj_by_qualname(PLATFORMS["cpu"].backend)
+
+
+def test_the_previous_release_worker_path_still_resolves_and_warns():
+    from futuremask.integrations.vllm.cpu import FutureMaskCPUWorker
+
+    with pytest.warns(FutureWarning, match="moved to futuremask.integrations.vllm.cpu.FutureMaskCPUWorker"):
+        old = resolve_obj_by_qualname("futuremask.integrations.vllm.worker.FutureMaskCPUWorker")
+    assert old is FutureMaskCPUWorker
+    with pytest.raises(AttributeError):
+        worker.NoSuchWorker  # noqa: B018

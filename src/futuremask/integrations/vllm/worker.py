@@ -49,3 +49,20 @@ class FutureMaskWorker:
         if self.futuremask.active:
             check_layers(self.vllm_config.compilation_config.static_forward_context,
                          resolve_obj_by_qualname(self.platform.backend))
+
+
+def __getattr__(name: str):
+    """``worker.FutureMaskCPUWorker``, the path of the previous release: kept one release, with a warning."""
+    if name == "FutureMaskCPUWorker":
+        import warnings
+
+        from .cpu import FutureMaskCPUWorker
+
+        warnings.warn(
+            "futuremask.integrations.vllm.worker.FutureMaskCPUWorker moved to "
+            "futuremask.integrations.vllm.cpu.FutureMaskCPUWorker; the old path goes in the next release",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return FutureMaskCPUWorker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
