@@ -3,7 +3,7 @@
 * blocked SDPA gives SDPA's result under every policy mask, with padding and grouped heads;
 * its plan scores the attended pairs plus at most part of a diagonal square, never L^2 for a
   causal-like mask, and bounds the float mask it hands to SDPA by the block size;
-* the merge kernel scores rows a chunk at a time, the chunk set by ``chunk_bytes``, not by L.
+* the merge kernel scores a run of rows against its future keys alone, in blocks bounded by ``chunk_bytes``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import futuremask.kernels.merge as merge_kernel
 from futuremask import Merge, build_mask
@@ -142,16 +143,31 @@ def test_sdpa_attention_routes_long_prompts_through_blocked(monkeypatch):
     assert len(seen) == 1
 
 
+class _Products(TorchDispatchMode):
+    """Records the shapes of every matrix product and every flash-attention call (queries, keys)."""
+
+    def __init__(self):
+        super().__init__()
+        self.products, self.flash = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten.bmm.default, torch.ops.aten.mm.default):
+            self.products.append(tuple(out.shape))
+        elif func == torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default:
+            self.flash.append((args[0].shape[-2], args[1].shape[-2], args[4] if len(args) > 4 else False))
+        return out
+
+
 @pytest.mark.parametrize("length", [64, 256])
 @pytest.mark.parametrize("kind", ["kernel", "lse"])
-def test_merge_kernel_scores_only_future_keys_a_chunk_of_rows_at_a_time(monkeypatch, length, kind):
-    """An image's rows are scored against their future keys alone (not all L), a bounded chunk at a time."""
+def test_merge_kernel_scores_only_future_keys_a_block_at_a_time(length, kind):
+    """An image's rows are scored against their future keys alone (not all L): ``lse`` by two flash calls
+    (the keys after the image, and the image's own later keys as a reversed causal square), ``kernel`` in
+    blocks bounded by ``chunk_bytes`` that skip the keys before each block's rows."""
+    from futuremask.kernels import merge_runs
+
     heads, dim = 4, 8
-    sizes = []
-    real = merge_kernel.run_bonus
-    monkeypatch.setattr(
-        merge_kernel, "run_bonus", lambda scores, *a: sizes.append(tuple(scores.shape)) or real(scores, *a)
-    )
     torch.manual_seed(2)
     start, stop = length // 8, length // 2
     vis = _layout(length, [(start, stop)])
@@ -160,11 +176,19 @@ def test_merge_kernel_scores_only_future_keys_a_chunk_of_rows_at_a_time(monkeypa
     future = policy_mask("future", layout) & ~base
     q, k, v = (torch.randn(1, heads, length, dim) for _ in range(3))
     args = dict(merge=Merge(kind=kind), prefix_positions=layout.sink_positions(1))
-    keys = length - start - 1  # the image's first row sees every later key: nothing else is scored
-    chunk_bytes = 4 * 3 * heads * keys * 5  # the kernel's sizing rule: 3 float32 [H, R, C], here R = 5
-    out = merge_kernel.merge_attention(q, k, v, base, future, chunk_bytes=chunk_bytes, **args)
-    assert [s[0] for s in sizes] == [heads] * len(sizes) and {s[1] for s in sizes} == {keys}  # [H, C, R]
-    assert sum(s[2] for s in sizes) == stop - start and max(s[2] for s in sizes) == 5
+    chunk_bytes = 4 * heads * (merge_runs.BLOCK_COLUMNS + 2) * 5  # blocks of 5 rows
+    watch = _Products()
+    with watch, torch.no_grad():
+        out = merge_kernel.merge_attention(q, k, v, base, future, chunk_bytes=chunk_bytes, **args)
+    rows = stop - start
+    if kind == "lse":  # the causal pass over all L, then the image's rows: keys after it, keys inside it
+        assert watch.flash == [(length, length, True), (rows, length - stop, False), (rows - 1, rows - 1, True)]
+    else:
+        blocks = [s for s in watch.products if s[0] == heads and s[-1] <= 5]  # [H, columns, rows of the block]
+        assert sum(s[-1] for s in blocks if s[1] > 1) >= rows and max(s[1] for s in blocks) <= 130
+        future_pairs = rows * (length - stop) + rows * (rows - 1) // 2
+        scored = sum(s[1] * s[2] for s in blocks)
+        assert future_pairs <= scored < rows * (length - start - 1)  # the triangle is skipped, block by block
     exact = merge_kernel.merge_attention(q.clone().requires_grad_(), k, v, base, future, **args).detach()
     torch.testing.assert_close(out, exact)
 

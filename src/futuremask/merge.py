@@ -113,7 +113,7 @@ def merged_logits(
         end = length if prompt_end is None else int(prompt_end)
         bonus = _pooled_future(scores, future, rows, merge, n_groups, end)  # [H, R, p]
     else:
-        bonus = _lse_future(scores, future, n_groups)  # [H, R, p]
+        bonus = lse_future(scores, future, n_groups)  # [H, R, p]
     for g in range(n_groups):
         pos = int(prefix_positions[g])
         if pos >= length:
@@ -148,16 +148,34 @@ def _pooled_future(
     else:
         padded = torch.nn.functional.pad(f.masked_fill(~inside, 0.0), (0, k - 1), value=0.0)
         pooled = padded.unfold(-1, k, 1).sum(-1) / n.clamp(min=1, max=k)
-    n_windows = torch.where(n >= k, n - k + 1, (n > 0).long())  # [R, 1]
-    in_window = t[None, :] < n_windows
+    in_window, group = window_groups(t[None, :], n, k, n_groups)  # [R, T]
     pooled = torch.where(in_window, pooled, 0.0)
-    group = split_groups(t[None, :], n_windows, n_groups)  # [R, T]
     bonus = torch.stack([torch.where(group == g, pooled, 0.0).sum(-1) for g in range(n_groups)], dim=-1)
     return bonus
 
 
-def _lse_future(scores: torch.Tensor, future: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """``[H, R, p]``: per group, the log-sum-exp of the future scores (``kind="lse"``)."""
+def window_groups(
+    w: torch.Tensor, n: torch.Tensor, k: int, n_groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which windows a row pools, and the group of each (``kind="kernel"``).
+
+    Args:
+        w: long, window index (``t`` for the window over ``f[t .. t+k-1]``; negative: before the row).
+        n: long, broadcasting with ``w``: the row's future length ``n_i``; k: the window size.
+
+    Returns:
+        ``(in_window bool, group long)``, shaped as ``w``: a row has ``n - k + 1`` windows (one when
+        ``0 < n < k``), split into ``n_groups`` contiguous groups by :func:`split_groups`.
+    """
+    n_windows = torch.where(n >= k, n - k + 1, (n > 0).long())
+    return (w >= 0) & (w < n_windows), split_groups(w.clamp(min=0), n_windows, n_groups)
+
+
+def lse_future(scores: torch.Tensor, future: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """``[H, R, p]``: per group, the log-sum-exp of the future scores (``kind="lse"``).
+
+    scores: float ``[H, R, C]``; future: bool ``[R, C]``, the rows' future keys (ranked in column order).
+    """
     rank = torch.cumsum(future.long(), dim=-1) - 1
     group = split_groups(rank, future.sum(-1, keepdim=True), n_groups)
     out = []

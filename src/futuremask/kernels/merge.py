@@ -14,12 +14,12 @@ from ..merge import Merge, merged_logits
 from .blocked import blocked_sdpa
 from .common import as_4d, expand_heads
 from .future_runs import FutureRun, future_runs
-from .merge_fast import corrected_rows, run_bonus, sink_correction, window_columns
+from .merge_fast import corrected_rows, sink_correction
+from .merge_runs import run_bonus
 from .rows import FutureRows
 from .sdpa import sdpa_attention
 
 DEFAULT_CHUNK_BYTES = 32 * 2**20
-RUN_CHUNK_BYTES = 8 * 2**20  # a run's chunks stay smaller: their scores are re-read by the pooling (cache)
 
 
 def merge_attention(
@@ -104,33 +104,18 @@ def _merge_run(q, k, v, out, lse, run: FutureRun, future: FutureRows, b: int, si
     """Merge the rows of one run of batch row ``b`` in place in ``out`` (``[H, L, D]``); returns the rows
     (long ``[n]``) to recompute exactly. q/k/v: ``[H, L, D]``; lse: float ``[H, L]``; sinks: long ``[p]``."""
     acc = torch.promote_types(q.dtype, torch.float32)
-    heads, length = q.shape[0], q.shape[1]
-    if merge.kind == "kernel":
-        real, is_key = window_columns(run.keys, run.start, run.end, merge.kernel)
-        keys = torch.where(is_key[None, :, None], k[:, real].to(acc), 0.0)  # f is 0 off the future keys
-    else:
-        real = run.keys
-        keys = k[:, real].to(acc)
+    length, span = q.shape[1], slice(run.start, run.stop)
+    rows = torch.arange(run.start, run.stop, device=q.device)
+    qr = q[:, span].to(acc)
     sinks = sinks[sinks < length]
-    sink_keys, sink_values = k[:, sinks].to(acc), v[:, sinks].to(acc)
-    per_chunk = max(1, min(chunk_bytes, RUN_CHUNK_BYTES) // (4 * 3 * heads * max(real.numel(), 1)))
-    redo = []
-    for a in range(run.start, run.stop, per_chunk):
-        b_ = min(a + per_chunk, run.stop)
-        rows = torch.arange(a, b_, device=q.device)
-        qr = q[:, a:b_].to(acc)
-        scores = torch.matmul(keys, qr.transpose(-1, -2)).mul_(scale)  # [H, C, R]: the future scores only
-        bonus = run_bonus(scores, real, rows, run.end, merge, sinks.numel())
-        del scores
-        keep = rows[:, None] >= sinks[None, :]  # [R, g]: the sink is attended (and not after the row)
-        if future.base is not None:
-            keep &= future.base[b, 0][rows[:, None], sinks[None, :]]
-        sink_scores = torch.matmul(qr, sink_keys.transpose(-1, -2)).mul_(scale)
-        merged, exact = sink_correction(out[:, a:b_], lse[:, a:b_], sink_scores, bonus, keep, sink_values, merge)
-        out[:, a:b_] = merged.to(out.dtype)
-        if exact.any():
-            redo.append(rows[exact])
-    return torch.cat(redo) if redo else torch.zeros(0, dtype=torch.long, device=q.device)
+    bonus = run_bonus(qr, k, run, merge, sinks.numel(), scale, chunk_bytes)  # [H, R, p]
+    keep = rows[:, None] >= sinks[None, :]  # [R, g]: the sink is attended (and not after the row)
+    if future.base is not None:
+        keep &= future.base[b, 0][rows[:, None], sinks[None, :]]
+    sink_scores = torch.matmul(qr, k[:, sinks].to(acc).transpose(-1, -2)).mul_(scale)
+    merged, exact = sink_correction(out[:, span], lse[:, span], sink_scores, bonus, keep, v[:, sinks].to(acc), merge)
+    out[:, span] = merged.to(out.dtype)
+    return rows[exact]
 
 
 def _merge_rows(q, k, v, out, rows: torch.Tensor, future: FutureRows, b: int, sinks: torch.Tensor,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..merge import Merge, split_groups
+from ..merge import Merge, lse_future, window_groups
 
 MIN_DENOMINATOR = 0.5
 
@@ -41,44 +41,39 @@ def future_bonus(
         merge, n_groups, prompt_end: as in :func:`futuremask.merge.merged_logits`.
     """
     if merge.kind == "lse":
-        member = scores.masked_fill(~future, float("-inf"))
-        if n_groups == 1:
-            return torch.logsumexp(member, dim=-1, keepdim=True)
-        rank = torch.cumsum(future.long(), dim=-1) - 1
-        group = split_groups(rank, future.sum(-1, keepdim=True), n_groups)
-        return torch.stack(
-            [torch.logsumexp(member.masked_fill(group != g, float("-inf")), dim=-1) for g in range(n_groups)],
-            -1,
-        )
-    end, k = prompt_end, merge.kernel
-    lo = (
-        min(int(rows.min()) + 1, end) if rows.numel() else end
-    )  # no window starts before the first row's future
-    is_max = merge.pool == "max"
+        return lse_future(scores, future, n_groups)
+    end = prompt_end
+    lo = min(int(rows.min()) + 1, end) if rows.numel() else end  # no window starts before the first row's future
     f = torch.where(future[:, lo:end], scores[..., lo:end], 0.0)  # [H, R, E - lo]
+    return pooled_groups(f, torch.arange(lo, end, device=scores.device), rows, end, merge, n_groups)
+
+
+def pooled_groups(
+    f: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, end: int, merge: Merge, n_groups: int
+) -> torch.Tensor:
+    """float ``[H, R, p]``: per group, the sum of the pooled windows of ``f`` on absolute key ``positions``.
+
+    Args:
+        f: float ``[H, R, C]``, the rows' future scores on the columns ``positions`` (long ``[C]``,
+            ascending), 0 where not a future key; every window a row needs lies on consecutive columns.
+        rows: long ``[R]``, the query positions; end: their future end ``P``.
+    """
+    kernel, width = merge.kernel, f.shape[-1]
     pooled = f.clone()
-    width = end - lo
-    for d in range(1, min(k, width)):  # window starting at j covers j .. j+k-1 (clipped at the prompt's end)
+    for d in range(1, min(kernel, width)):  # window at column c covers c .. c+k-1 (clipped at the end)
         head = pooled[..., : width - d]
-        if is_max:
+        if merge.pool == "max":
             torch.maximum(head, f[..., d:], out=head)
         else:
             head += f[..., d:]
     n = (end - 1 - rows).clamp(min=0)[:, None]  # [R, 1] future length n_i
-    n_windows = torch.where(n >= k, n - k + 1, (n > 0).long())
-    w = torch.arange(lo, end, device=scores.device)[None, :] - (
-        rows[:, None] + 1
-    )  # window index of each start
-    in_window = (w >= 0) & (w < n_windows)
-    weight = in_window.to(scores.dtype)
-    if not is_max:
-        weight = weight / n.clamp(min=1, max=k)
+    in_window, group = window_groups(positions[None, :] - (rows[:, None] + 1), n, kernel, n_groups)
+    weight = in_window.to(f.dtype)
+    if merge.pool != "max":
+        weight = weight / n.clamp(min=1, max=kernel)
     if n_groups == 1:
-        return torch.einsum("hrj,rj->hr", pooled, weight)[..., None]
-    group = split_groups(w.clamp(min=0), n_windows, n_groups)
-    return torch.stack(
-        [torch.einsum("hrj,rj->hr", pooled, weight * (group == g)) for g in range(n_groups)], -1
-    )
+        return torch.einsum("hrc,rc->hr", pooled, weight)[..., None]
+    return torch.stack([torch.einsum("hrc,rc->hr", pooled, weight * (group == g)) for g in range(n_groups)], -1)
 
 
 def corrected_rows(
@@ -150,115 +145,3 @@ def sink_correction(
     exact = ((top == 0) & (denominator < MIN_DENOMINATOR)).any(0)  # [R]
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     return numerator / safe[..., None], exact
-
-
-def window_columns(keys: torch.Tensor, first_row: int, end: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The key columns a run scores for ``kind="kernel"``: its future keys and the zeros windows need.
-
-    ``f`` is 0 off the future keys, so of a gap between two future keys only its last ``k - 1``
-    positions matter (the windows that start there reach the next key; a window over zeros only adds
-    nothing) and after the last key the first ``k - 1`` before ``end``; windows start after
-    ``first_row``. On the kept columns, in order, every window the rows need sees exactly the values
-    it sees on absolute positions.
-
-    Args:
-        keys: long ``[C]``, ascending future keys of the run's first row ``first_row``.
-        end: the future end ``P``; k: the window size.
-
-    Returns:
-        ``(real long [C'], is_key bool [C'])``: the kept positions, ascending, and which are keys.
-    """
-    device = keys.device
-    mark = torch.zeros(end + k, dtype=torch.bool, device=device)
-    for d in range(1, k):
-        mark[(keys - d).clamp(min=0)] = True  # the k-1 positions before each key
-    if keys.numel():
-        last = int(keys[-1])
-        mark[last + 1 : last + k] = True  # after the last key, up to the end
-    mark[: first_row + 1] = False
-    mark[end:] = False
-    is_key = torch.zeros_like(mark)
-    is_key[keys] = True
-    mark |= is_key
-    real = mark.nonzero().flatten()
-    return real, is_key[real]
-
-
-def run_bonus(
-    scores: torch.Tensor, real: torch.Tensor, rows: torch.Tensor, end: int, merge: Merge, n_groups: int
-) -> torch.Tensor:
-    """``[H, R, p]``: what each row's future adds to each prefix position, from its future scores alone.
-
-    Args:
-        scores: float ``[H, C, R]`` (columns first: the product is faster that way round on CPU), the
-            rows' scaled scores on the columns ``real`` (long ``[C]``, ascending key positions): for
-            ``kind="kernel"`` those of :func:`window_columns`, 0 where not a key; for ``"lse"`` the
-            run's future keys. Overwritten (used as scratch space).
-        rows: long ``[R]``, ascending query positions of one run; end: their future end ``P``.
-
-    Row ``i``'s future is the columns after ``i``; only the first ``m`` columns (up to the last row)
-    differ from row to row, so only they are masked per row.
-    """
-    if n_groups > 1:
-        return _grouped_bonus(scores.transpose(1, 2), real, rows, end, merge, n_groups)
-    m = int(torch.searchsorted(real, rows[-1], right=True))  # columns not after every row
-    after = real[:m, None] > rows[None, :]  # [m, R]
-    if merge.kind == "lse":
-        scores[:, :m].masked_fill_(~after, float("-inf"))
-        top = scores.amax(1, keepdim=True)
-        return (top + torch.log(scores.sub_(top).exp_().sum(1, keepdim=True))).transpose(1, 2)
-    k, width = merge.kernel, scores.shape[1]
-    full = width - k + 1  # columns where a whole window starts
-    pooled = scores[:, :full].clone() if k == 1 else None
-    for d in range(1, k if full > 0 else 0):  # window at column c covers c .. c+k-1
-        if pooled is None:
-            pooled = (torch.maximum if merge.pool == "max" else torch.add)(scores[:, :full], scores[:, 1 : 1 + full])
-        elif merge.pool == "max":
-            torch.maximum(pooled, scores[:, d : d + full], out=pooled)
-        else:
-            pooled += scores[:, d : d + full]
-    hi = int(torch.searchsorted(real, end - k, right=True))  # windows start at or before P - k ...
-    lo = min(m, hi)  # ... and after the row: a per-row mask on the first columns only
-    bonus = torch.zeros(scores.shape[0], scores.shape[2], dtype=scores.dtype, device=scores.device)
-    if hi > 0 and full > 0:
-        bonus += torch.einsum("hcr,cr->hr", pooled[:, :lo], after[:lo].to(scores.dtype))
-        bonus += pooled[:, lo:hi].sum(1)
-    if merge.pool != "max":
-        bonus /= k
-    if int(rows[-1]) >= end - k:  # rows whose one window is shorter than k
-        for j in ((end - 1 - rows) < k).nonzero().flatten().tolist():
-            vals = scores[:, real > rows[j], j]
-            n = end - 1 - int(rows[j])
-            bonus[:, j] = vals.amax(-1) if merge.pool == "max" else vals.sum(-1) / n
-    return bonus[..., None]
-
-
-def _grouped_bonus(
-    scores: torch.Tensor, real: torch.Tensor, rows: torch.Tensor, end: int, merge: Merge, n_groups: int
-) -> torch.Tensor:
-    """:func:`run_bonus` for ``prefix > 1``: the future split into ``n_groups`` groups, one per sink."""
-    after = real[None, :] > rows[:, None]  # [R, C]
-    if merge.kind == "lse":
-        member = scores.masked_fill(~after, float("-inf"))
-        rank = torch.cumsum(after.long(), dim=-1) - 1
-        group = split_groups(rank, after.sum(-1, keepdim=True), n_groups)
-        return torch.stack(
-            [torch.logsumexp(member.masked_fill(group != g, float("-inf")), dim=-1) for g in range(n_groups)],
-            -1,
-        )
-    k, width = merge.kernel, scores.shape[-1]
-    pooled = scores.clone()
-    for d in range(1, min(k, width)):  # window at column c covers c .. c+k-1 (clipped at the end)
-        head = pooled[..., : width - d]
-        if merge.pool == "max":
-            torch.maximum(head, scores[..., d:], out=head)
-        else:
-            head += scores[..., d:]
-    n = (end - 1 - rows).clamp(min=0)[:, None]  # [R, 1] future length n_i
-    n_windows = torch.where(n >= k, n - k + 1, (n > 0).long())
-    w = real[None, :] - (rows[:, None] + 1)  # window index of each start
-    weight = ((w >= 0) & (w < n_windows)).to(scores.dtype)
-    if merge.pool != "max":
-        weight = weight / n.clamp(min=1, max=k)
-    group = split_groups(w.clamp(min=0), n_windows, n_groups)
-    return torch.stack([torch.einsum("hrc,rc->hr", pooled, weight * (group == g)) for g in range(n_groups)], -1)
