@@ -225,6 +225,25 @@ def test_merge_fast_path_equals_exact_rows(policy):
         torch.testing.assert_close(fast, exact, atol=1e-10, rtol=1e-9)
 
 
+@pytest.mark.parametrize("policy", ["future", "mma"])
+@pytest.mark.parametrize("kind", ["kernel", "lse"])
+def test_merge_fast_path_takes_bfloat16_inputs(policy, kind):
+    """bf16 q/k/v (a bf16 model): the runs are scored in float32, as the exact path scores them."""
+    torch.manual_seed(4)
+    length = 96
+    vis = _layout(length, [(6, 40), (50, 80)])
+    layout = TokenLayout.from_masks(vis)
+    base = policy_mask("causal", layout)
+    future = policy_mask(policy, layout) & ~base
+    q, k, v = (torch.randn(1, 4, length, 16).bfloat16() for _ in range(3))
+    args = dict(merge=Merge(kind=kind), prefix_positions=layout.sink_positions(1))
+    with torch.no_grad():
+        fast = merge_kernel.merge_attention(q, k, v, base, future, **args)
+    exact = merge_kernel.merge_attention(q.clone().requires_grad_(), k, v, base, future, **args).detach()
+    assert fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), exact.float(), atol=2e-2, rtol=2e-2)
+
+
 def test_merge_fast_path_recomputes_rows_whose_sink_loses_its_mass(monkeypatch):
     """A sink holding nearly all of a row's weight and losing it is recomputed exactly, not by subtraction."""
     from futuremask.kernels import merge_fast
