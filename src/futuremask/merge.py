@@ -83,6 +83,24 @@ def split_groups(index: torch.Tensor, total: torch.Tensor, groups: int) -> torch
     )
 
 
+def sink_groups(
+    rows: torch.Tensor, prefix_positions: torch.Tensor, length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The prefix groups whose sink lies inside the sequence, and which rows' sink logits may take them.
+
+    Args:
+        rows: long ``[R]``, query positions; prefix_positions: long ``[p]``, the sinks of groups ``0 .. p-1``.
+
+    Returns:
+        ``(groups long [g], positions long [g], keep bool [R, g])``: the groups with a position below
+        ``length``, those positions, and ``rows >= position`` (a sink after the row takes nothing). The
+        caller adds its own conditions to ``keep`` (the row has a future, the sink is attended).
+    """
+    inside = (prefix_positions < length).nonzero().flatten().to(rows.device)
+    positions = prefix_positions.to(rows.device)[inside]
+    return inside, positions, rows[:, None] >= positions[None, :]
+
+
 def merged_logits(
     scores: torch.Tensor,
     base: torch.Tensor,
@@ -114,17 +132,15 @@ def merged_logits(
         bonus = _pooled_future(scores, future, rows, merge, n_groups, end)  # [H, R, p]
     else:
         bonus = lse_future(scores, future, n_groups)  # [H, R, p]
-    for g in range(n_groups):
-        pos = int(prefix_positions[g])
-        if pos >= length:
-            continue
-        keep = (rows >= pos) & future.any(-1) & base[:, pos]
+    groups, positions, keep = sink_groups(rows, prefix_positions, length)
+    keep &= future.any(-1)[:, None] & base[:, positions]  # [R, g]
+    for j, (g, pos) in enumerate(zip(groups.tolist(), positions.tolist(), strict=True)):
         col = logits[:, :, pos].clone()  # a copy: logaddexp saves it for backward, and logits is written below
         if merge.kind == "kernel":
             merged = col + bonus[..., g]
         else:
             merged = torch.logaddexp(col, bonus[..., g])
-        logits[:, :, pos] = torch.where(keep, merged, col)
+        logits[:, :, pos] = torch.where(keep[:, j], merged, col)
     return logits
 
 

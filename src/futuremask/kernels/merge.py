@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..merge import Merge, merged_logits
+from ..merge import Merge, merged_logits, sink_groups
 from .blocked import blocked_sdpa
 from .common import as_4d, expand_heads
 from .future_runs import FutureRun, future_runs
@@ -107,13 +107,12 @@ def _merge_run(q, k, v, out, lse, run: FutureRun, future: FutureRows, b: int, si
     length, span = q.shape[1], slice(run.start, run.stop)
     rows = torch.arange(run.start, run.stop, device=q.device)
     qr = q[:, span].to(acc)
-    sinks = sinks[sinks < length]
-    bonus = run_bonus(qr, k, run, merge, sinks.numel(), scale, chunk_bytes)  # [H, R, p]
-    keep = rows[:, None] >= sinks[None, :]  # [R, g]: the sink is attended (and not after the row)
+    groups, positions, keep = sink_groups(rows, sinks, length)  # keep: [R, g]
     if future.base is not None:
-        keep &= future.base[b, 0][rows[:, None], sinks[None, :]]
-    sink_scores = torch.matmul(qr, k[:, sinks].to(acc).transpose(-1, -2)).mul_(scale)
-    merged, exact = sink_correction(out[:, span], lse[:, span], sink_scores, bonus, keep, v[:, sinks].to(acc), merge)
+        keep &= future.base[b, 0][rows[:, None], positions[None, :]]
+    bonus = run_bonus(qr, k, run, merge, sinks.numel(), scale, chunk_bytes)[..., groups]  # [H, R, g]
+    sink_scores = torch.matmul(qr, k[:, positions].to(acc).transpose(-1, -2)).mul_(scale) if positions.numel() else None
+    merged, exact = sink_correction(out[:, span], lse[:, span], sink_scores, bonus, keep, v[:, positions].to(acc), merge)
     out[:, span] = merged.to(out.dtype)
     return rows[exact]
 

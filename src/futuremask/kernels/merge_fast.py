@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..merge import Merge, lse_future, window_groups
+from ..merge import Merge, lse_future, sink_groups, window_groups
 
 MIN_DENOMINATOR = 0.5
 
@@ -103,11 +103,10 @@ def corrected_rows(
     hi = int(seen.max()) + 1 if seen.numel() else 1  # keys after every row's last attended key do not count
     lse = torch.logsumexp(scores[..., :hi].masked_fill(~base[:, :hi], float("-inf")), dim=-1)  # [H, R]
     bonus = future_bonus(scores, future, rows, merge, prefix_positions.numel(), prompt_end)
-    has_future = future.any(-1)
-    sinks = [int(p) for p in prefix_positions if int(p) < length]
-    keep = torch.stack([(rows >= p) & has_future & base[:, p] for p in sinks], -1) if sinks else None
-    sink_scores = scores[:, :, sinks] if sinks else None
-    return sink_correction(causal_out, lse, sink_scores, bonus[..., : len(sinks)], keep, values[:, sinks], merge)
+    groups, positions, keep = sink_groups(rows, prefix_positions, length)
+    keep &= future.any(-1)[:, None] & base[:, positions]
+    sink_scores = scores[:, :, positions] if positions.numel() else None
+    return sink_correction(causal_out, lse, sink_scores, bonus[..., groups], keep, values[:, positions], merge)
 
 
 def sink_correction(
