@@ -152,7 +152,7 @@ class _Products(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func in (torch.ops.aten.bmm.default, torch.ops.aten.mm.default):
+        if func.overloadpacket in (torch.ops.aten.bmm, torch.ops.aten.mm):  # with or without out=
             self.products.append(tuple(out.shape))
         elif func == torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default:
             self.flash.append((args[0].shape[-2], args[1].shape[-2], args[4] if len(args) > 4 else False))
