@@ -126,12 +126,11 @@ def _pooled_bonus(
     full = real.numel() - kernel + 1  # columns where a whole window starts ...
     hi = min(int(torch.searchsorted(real, run.end - kernel, right=True)), full)  # ... at or before P - k
     columns = BLOCK_COLUMNS
-    per_block = max(1, block_bytes // (q.element_size() * heads * (columns + kernel - 1)))
+    per_block = min(max(1, block_bytes // (q.element_size() * heads * (columns + kernel - 1))), n_rows)
     bonus = torch.zeros(heads, n_rows, dtype=q.dtype, device=q.device)
     # one pair of buffers for every whole block: allocations this size cost fresh pages each time
     # wherever malloc maps them (as the benchmark's exact RSS accounting makes it)
-    whole = torch.empty(heads, columns + kernel - 1, per_block, dtype=q.dtype, device=q.device)
-    whole_pooled = torch.empty(heads, columns, per_block, dtype=q.dtype, device=q.device)
+    whole: tuple[torch.Tensor, torch.Tensor] | None = None
     for a in range(0, n_rows, per_block):
         block = rows[a : a + per_block]
         qt = q[:, a : a + per_block].transpose(-1, -2)  # [H, D, n]
@@ -140,7 +139,12 @@ def _pooled_bonus(
         acc = bonus[:, a : a + per_block]
         for c in range(lo, hi, columns):
             w = min(columns, hi - c)
-            buffers = (whole, whole_pooled) if (w, block.numel()) == (columns, per_block) else (None, None)
+            buffers = (None, None)
+            if (w, block.numel()) == (columns, per_block):
+                if whole is None:
+                    whole = tuple(torch.empty(heads, width, per_block, dtype=q.dtype, device=q.device)
+                                  for width in (columns + kernel - 1, columns))
+                buffers = whole
             scores = torch.matmul(keys[:, c : c + w + kernel - 1], qt, out=buffers[0])  # [H, w + k - 1, n]
             pooled = scores[:, :w]
             for d in range(1, kernel):  # the window at column c covers c .. c+k-1
