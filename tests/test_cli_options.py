@@ -137,17 +137,19 @@ def test_a_whole_merge_from_the_command_line(command):
 
 
 @pytest.mark.parametrize("command", [
-    ["eval", "--demo", "--merge", "kernel"],
-    ["tune", "--data-dir", "d", "--model", "m", "--merge", "none", "kernel"],
-    ["bench", "--merge", "none", "kernel"],
+    ["eval", "--demo"],
+    ["tune", "--data-dir", "d", "--model", "m", "--merge", "none"],
+    ["bench", "--merge", "none"],
+    ["verify", "--model", "m"],
 ])
-def test_commands_that_name_runs_by_the_kind_refuse_other_windows(command, tmp_path, monkeypatch, capsys):
-    """eval/tune/bench record a merge by its kind: another window is refused before any work, not dropped."""
+def test_a_window_without_a_merge_is_refused(command, tmp_path, monkeypatch, capsys):
+    """--kernel with no merge asked for would change nothing: refused before any work, not dropped."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("futuremask.checkpoint.check_model_source", lambda *a, **k: None)
+    monkeypatch.setattr("futuremask.checkpoint.load_checkpoint", lambda *a, **k: pytest.fail("loaded a model"))
     assert main([*command, "--kernel", "5"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "drop --kernel 5" in err
+    assert len(err.splitlines()) == 1 and "drop --kernel 5" in err and "no merge is asked for" in err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -12,7 +12,7 @@ from .options import (
     add_model_options,
     add_option,
     add_policy_option,
-    merge_kinds_only,
+    merges_from_args,
 )
 
 _SIZE = SyntheticSize()
@@ -110,7 +110,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.model != "synthetic":
         check_model_source(args.model)
     check_device(args.device)
-    merge_kinds_only(args, "bench")
+    merges_from_args(args)  # window options without a merge are refused here
     for flag, path in (("--output", args.output), ("--plot", args.plot_path)):
         if path:
             check_writable(Path(path).parent, flag)
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch_size,
         new_tokens=args.new_tokens,
         policies=args.policy,
-        merges=[None if m == "none" else m for m in args.merge],
+        merges=merges_from_args(args),
         repeats=args.repeats,
         backend=args.backend,
         kernel_bench=not args.no_attention_bench,
