@@ -21,6 +21,10 @@ RENAMED = [
     (["bench", "--policies", "future", "mma"], ["bench", "--policy", "future", "mma"], "--policies"),
     (["bench", "--hidden", "32"], ["bench", "--hidden-size", "32"], "--hidden"),
     (["bench", "--no-kernel-bench"], ["bench", "--no-attention-bench"], "--no-kernel-bench"),
+    (["bench", "--layers", "2"], ["bench", "--num-layers", "2"], "--layers"),
+    (["bench", "--new-tokens", "4"], ["bench", "--max-new-tokens", "4"], "--new-tokens"),
+    ([*TRAIN, "--layers", "2", "--output-dir", "o"], [*TRAIN, "--num-layers", "2", "--output-dir", "o"], "--layers"),
+    ([*TRAIN, "--init", "ckpt", "--output-dir", "o"], [*TRAIN, "--model", "ckpt", "--output-dir", "o"], "--init"),
     ([*TRAIN, "--out", "runs/x"], [*TRAIN, "--output-dir", "runs/x"], "--out"),
     ([*TRAIN, "--policies", "causal", "mma", "--output-dir", "o"], [*TRAIN, "--policy", "causal", "mma", "--output-dir", "o"],
      "--policies"),
@@ -63,8 +67,8 @@ def test_the_old_required_spelling_meets_required(capsys):
 
 def test_an_old_spelling_still_runs_a_command(tmp_path, capsys):
     """bench --json writes the records file --output would (a 1-layer model, one variant)."""
-    small = ["bench", "--hidden-size", "16", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "32",
-             "--images", "1", "--tokens-per-image", "2", "--text-tokens", "3", "--new-tokens", "2", "--repeats", "1",
+    small = ["bench", "--hidden-size", "16", "--num-layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "32",
+             "--images", "1", "--tokens-per-image", "2", "--text-tokens", "3", "--max-new-tokens", "2", "--repeats", "1",
              "--policy", "causal", "--merge", "none", "--no-attention-bench", "--no-exact-rss", "--no-progress"]
     assert main([*small, "--json", str(tmp_path / "old.json")]) == 0
     assert "--json is deprecated" in capsys.readouterr().err
