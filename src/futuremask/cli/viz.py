@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..merge_spec import merge_label
 from ..names import DEFAULT_PANELS, MERGE_KINDS, MERGE_PANEL
 from ..policies import accepted_names, get_policy
 from .options import add_merge_options, add_model_options, add_policy_option, merge_from_args
@@ -149,7 +150,7 @@ def run_attention_map(args: argparse.Namespace) -> int:
     print(f"{'policy':<24} {'visual rows: future mass':>25} {'sink mass':>10} {'text rows: future mass':>23} {'sink mass':>10}")
     for amap in maps:
         s = amap.summary()
-        label = amap.policy + (f"+{amap.merge.kind}" if amap.merge else "")
+        label = merge_label(amap.policy, amap.merge)
         print(f"{label:<24} {s['visual_future_mass']:>25.3f} {s['visual_sink_mass']:>10.3f} "
               f"{s['text_future_mass']:>23.3f} {s['text_sink_mass']:>10.3f}")
     return 0
