@@ -14,7 +14,9 @@ import futuremask as fm
 from futuremask.eval import prompt_styles, runner
 from futuremask.eval.data import load_tasks
 from futuremask.eval.demo import DEMO_WORDS, generate_demo_data
+from futuremask.eval.report import build_report
 from futuremask.eval.runner import RunConfig, evaluate, run_name
+from futuremask.eval.scoring import score_run
 from futuremask.tiny import tiny_llava
 
 TASKS = ["DemoColor", "DemoChange", "DemoCount"]  # 2-4 images per sample: several image-count groups
@@ -297,6 +299,10 @@ def test_a_merge_window_reaches_the_model_and_runs_apart(model_and_processor, ta
     assert json.loads((window / "run.json").read_text())["merge"] == "kernel-k1"
     got = _preds(window, tasks[0])
     assert got != _preds(default, tasks[0])  # the window changes answers on this model
+    for run_dir in (default, window):
+        score_run(tasks[0].path.parent.parent, run_dir, [tasks[0].name], progress=False)
+    (columns,) = [line for line in build_report(tmp_path).splitlines() if line.startswith("| Task |")]
+    assert columns.endswith("| future+kernel | future+kernel-k1 |")  # the report's columns name both windows
     records = json.loads((window / tasks[0].name / "pred.json").read_text())
     for sample, record in zip(tasks[0].samples, records, strict=True):  # each as fm.apply(merge=WINDOW) answers
         text = "USER: " + record["question"].replace("<ImageHere>", " <image> ") + " ASSISTANT:"  # as above
