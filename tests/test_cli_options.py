@@ -9,7 +9,7 @@ import pytest
 import futuremask as fm
 from futuremask import names, policies
 from futuremask.cli import build_parser, main
-from futuremask.cli.options import merge_from_args
+from futuremask.cli.options import merge_from_args, merges_from_args
 
 TRAIN = ["train", "--demo"]
 
@@ -129,9 +129,20 @@ def test_dtype_and_device_have_one_default():
 
 @pytest.mark.parametrize("command", [["verify", "--model", "m"], ["attention-map"], [*TRAIN, "--output-dir", "o"]])
 def test_a_whole_merge_from_the_command_line(command):
-    args = build_parser().parse_args([*command, "--merge", "lse", "--kernel", "5", "--pool", "mean", "--prefix", "2"])
-    assert merge_from_args(args) == fm.Merge(kind="lse", kernel=5, pool="mean", prefix=2)
+    args = build_parser().parse_args([*command, "--merge", "kernel", "--kernel", "5", "--pool", "mean", "--prefix", "2"])
+    assert merge_from_args(args) == fm.Merge(kind="kernel", kernel=5, pool="mean", prefix=2)
+    assert merge_from_args(build_parser().parse_args([*command, "--merge", "lse", "--prefix", "2"])) == \
+        fm.Merge(kind="lse", prefix=2)
     assert merge_from_args(build_parser().parse_args(command)) is None
+    with pytest.raises(ValueError, match="--pool mean shapes only --merge kernel, and --merge lse does not read it"):
+        merge_from_args(build_parser().parse_args([*command, "--merge", "lse", "--pool", "mean"]))
+
+
+def test_several_kinds_each_take_the_window_they_read():
+    args = build_parser().parse_args(["bench", "--merge", "none", "kernel", "lse", "--kernel", "5", "--prefix", "2"])
+    assert merges_from_args(args) == [None, fm.Merge("kernel", kernel=5, prefix=2), fm.Merge("lse", prefix=2)]
+    with pytest.raises(ValueError, match="--kernel 5 shapes only --merge kernel, and --merge lse does not read it"):
+        merges_from_args(build_parser().parse_args(["bench", "--merge", "none", "lse", "--kernel", "5"]))
 
 
 @pytest.mark.parametrize("command", [

@@ -6,9 +6,10 @@ import dataclasses
 import itertools
 
 import pytest
+import torch
 
 import futuremask as fm
-from futuremask.merge_spec import MERGE_DEFAULTS, merge_label, merge_spec, parse_merge_spec
+from futuremask.merge_spec import MERGE_DEFAULTS, MERGE_FIELDS, merge_label, merge_spec, parse_merge_spec
 from futuremask.names import MERGE_KINDS, POOLS
 
 GRID = [fm.Merge(kind, kernel, pool, prefix)
@@ -47,3 +48,16 @@ def test_one_word_per_merge_and_back():
 def test_unreadable_words_are_refused(word, message):
     with pytest.raises(ValueError, match=message):
         parse_merge_spec(word)
+
+
+def test_each_kind_reads_exactly_its_fields():
+    """MERGE_FIELDS against fm.attention: changing a field a kind reads changes the output, any other does not."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 12, 8, generator=gen) for _ in range(3))
+    vis = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]]).bool()
+    other = {"kernel": 1, "pool": "mean", "prefix": 2}
+    for kind in MERGE_KINDS:
+        base = fm.attention(q, k, v, policy="future", is_visual=vis, merge=fm.Merge(kind))
+        for name, value in other.items():
+            changed = fm.attention(q, k, v, policy="future", is_visual=vis, merge=fm.Merge(kind, **{name: value}))
+            assert (not torch.allclose(base, changed)) == (name in MERGE_FIELDS[kind]), (kind, name)

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 MERGE_DEFAULTS = {"kernel": 3, "pool": "max", "prefix": 1}
 """The :class:`~futuremask.merge.Merge` fields besides ``kind`` and their defaults (a test holds them equal)."""
 
+MERGE_FIELDS = {"kernel": ("kernel", "pool", "prefix"), "lse": ("prefix",)}
+"""The fields each kind reads: ``lse`` folds every future key, with no window and no pooling (a test holds this)."""
+
 _NUMBER = re.compile(r"([kp])([0-9]+)")
 _FIELD = {"k": "kernel", "p": "prefix"}
 
@@ -70,4 +73,4 @@ def merge_label(policy: str, merge: Merge | None) -> str:
     return f"{policy}+{merge_spec(merge)}" if merge is not None else policy
 
 
-__all__ = ["MERGE_DEFAULTS", "merge_label", "merge_spec", "parse_merge_spec"]
+__all__ = ["MERGE_DEFAULTS", "MERGE_FIELDS", "merge_label", "merge_spec", "parse_merge_spec"]

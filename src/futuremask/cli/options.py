@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..merge_spec import MERGE_DEFAULTS
+from ..merge_spec import MERGE_DEFAULTS, MERGE_FIELDS
 from ..names import BACKENDS, DTYPES, MERGE_KINDS, POOLS
 from ..policies import accepted_names
 
@@ -102,7 +102,7 @@ def merge_from_args(args: argparse.Namespace, kind: str | None = None) -> Merge 
     """The :class:`~futuremask.merge.Merge` of ``--merge`` (or of ``kind``) and the window options; None without one.
 
     Raises:
-        ValueError: window options given without a merge (they would change nothing).
+        ValueError: a window option the merge does not read, or given without a merge (it would change nothing).
     """
     kind = args.merge if kind is None else kind
     return merges_from_args(args, [kind])[0]
@@ -111,17 +111,22 @@ def merge_from_args(args: argparse.Namespace, kind: str | None = None) -> Merge 
 def merges_from_args(args: argparse.Namespace, kinds: Sequence[str | None] | None = None) -> list[Merge | None]:
     """One :class:`~futuremask.merge.Merge` per kind of ``--merge KIND ...`` (or ``kinds``), None for ``none``.
 
-    Every merge gets the same window options. Raises ValueError when they are given but no kind is.
+    Each merge takes the window options its kind reads (:data:`~futuremask.merge_spec.MERGE_FIELDS`).
+
+    Raises:
+        ValueError: a window option no asked-for kind reads (it would change nothing).
     """
     from ..merge import Merge
 
-    kinds = list(args.merge or []) if kinds is None else list(kinds)
-    changed = [f"--{name} {getattr(args, name)}" for name, value in MERGE_DEFAULTS.items()
-               if getattr(args, name) != value]
-    if changed and all(kind in (None, "none") for kind in kinds):
-        raise ValueError(f"{' '.join(changed)} only shape(s) a merge, and no merge is asked for; add --merge "
-                         f"{' or '.join(MERGE_KINDS)}, or drop {' '.join(changed)}")
-    return [None if kind in (None, "none") else Merge(kind=kind, kernel=args.kernel, pool=args.pool, prefix=args.prefix)
+    kinds = [None if kind == "none" else kind for kind in (args.merge or [] if kinds is None else kinds)]
+    asked = [kind for kind in kinds if kind is not None]
+    for name, value in MERGE_DEFAULTS.items():
+        flag = f"--{name} {getattr(args, name)}"
+        if getattr(args, name) != value and not any(name in MERGE_FIELDS[kind] for kind in asked):
+            readers = " or ".join(k for k in MERGE_KINDS if name in MERGE_FIELDS[k])
+            why = f"--merge {' '.join(asked)} does not read it" if asked else "no merge is asked for"
+            raise ValueError(f"{flag} shapes only --merge {readers}, and {why}; add --merge {readers}, or drop {flag}")
+    return [None if kind is None else Merge(kind=kind, **{name: getattr(args, name) for name in MERGE_FIELDS[kind]})
             for kind in kinds]
 
 
