@@ -187,3 +187,13 @@ def test_bench_report_names_a_bad_file(tmp_path, capsys):
     assert main(["bench-report", str(tmp_path / "run.json")]) == 2
     err = capsys.readouterr().err
     assert "run.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_attention_map_panels_take_the_window_their_merge_reads(capsys):
+    from futuremask.cli.viz import parse_policies
+
+    args = build_parser().parse_args(["attention-map", "--kernel", "5", "--prefix", "2"])
+    assert parse_policies(["original", "future+kernel", "mma+lse"], args) == [
+        ("causal", None), ("future", fm.Merge("kernel", kernel=5, prefix=2)), ("mma", fm.Merge("lse", prefix=2))]
+    assert main(["attention-map", "--policy", "future", "--kernel", "5"]) == 2  # before any model is built
+    assert "--kernel 5 shapes only --merge kernel, and no merge is asked for" in capsys.readouterr().err
