@@ -91,9 +91,9 @@ def add_merge_options(parser, *, several: bool = False, default: Sequence[str] |
     add_option(parser, "--merge", aliases=aliases, choices=kinds, nargs="+" if several else None, metavar="KIND",
                default=list(default) if default is not None else None, help=f"{what}; any of {', '.join(kinds)}")
     parser.add_argument("--kernel", type=int, default=MERGE_DEFAULTS["kernel"],
-                        help=f"merge pooling window (default {MERGE_DEFAULTS['kernel']})")
+                        help=f"merge pooling window, read by --merge kernel (default {MERGE_DEFAULTS['kernel']})")
     parser.add_argument("--pool", choices=POOLS, default=MERGE_DEFAULTS["pool"],
-                        help=f"merge pooling (default {MERGE_DEFAULTS['pool']})")
+                        help=f"merge pooling, read by --merge kernel (default {MERGE_DEFAULTS['pool']})")
     parser.add_argument("--prefix", type=int, default=MERGE_DEFAULTS["prefix"],
                         help=f"sink positions that receive the future (default {MERGE_DEFAULTS['prefix']})")
 
