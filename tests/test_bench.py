@@ -433,6 +433,7 @@ def test_eval_throughput_compares_predictions_across_batch_sizes():
                               max_new_tokens=3)
     assert [(r["variant"], r["batch_size"]) for r in records] == [("future", 1), ("future", 3),
                                                                    ("future+lse", 1), ("future+lse", 3)]
+    assert json.loads(json.dumps(records)) == records and [r["merge"] for r in records] == [None, None, "lse", "lse"]
     assert all(r["identical"] for r in records)  # batching changes no answer
     assert records[0]["speedup"] == 1.0 and records[1]["samples"] == records[0]["samples"] > 0
     assert all(r["seconds_min"] <= r["seconds"] <= r["seconds_max"] for r in records)

@@ -216,7 +216,8 @@ def _throughput(args: argparse.Namespace) -> int:
         raise ValueError("--eval-throughput batch sizes must be >= 1")
     clock = args.clock if args.clock != "auto" else "cpu"
     policies = list(dict.fromkeys(args.policy)) if args.policy != list(BENCH_POLICIES) else ["causal", "future"]
-    merges = [None if m == "none" else m for m in args.merge] if args.merge != ["none", "kernel"] else [None]
+    # the default kinds mean no merge here; a window then has nothing to shape and is refused
+    merges = merges_from_args(args, None if args.merge != ["none", "kernel"] else ["none"])
     records = eval_throughput(sizes, policies, merges=merges, repeats=args.repeats, clock=clock)
     print(throughput_table(records))
     _write(records, args.output)
