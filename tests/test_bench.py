@@ -231,7 +231,7 @@ def test_cli_bench_writes_json(tmp_path, capsys):
             "bench",
             "--hidden-size",
             "32",
-            "--layers",
+            "--num-layers",
             "1",
             "--heads",
             "2",
@@ -245,7 +245,7 @@ def test_cli_bench_writes_json(tmp_path, capsys):
             "4",
             "--text-tokens",
             "5",
-            "--new-tokens",
+            "--max-new-tokens",
             "2",
             "--repeats",
             "1",
@@ -349,8 +349,8 @@ def test_mask_share_is_a_share_of_the_same_prefill(tiny, monkeypatch):
     assert bench_run.blocked.cached_plan.__name__ == "cached_plan"  # the spy put the planner back
 
 
-_SMALL = ["bench", "--hidden-size", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "64",
-          "--images", "1", "--tokens-per-image", "4", "--text-tokens", "5", "--new-tokens", "2", "--repeats", "1",
+_SMALL = ["bench", "--hidden-size", "32", "--num-layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "64",
+          "--images", "1", "--tokens-per-image", "4", "--text-tokens", "5", "--max-new-tokens", "2", "--repeats", "1",
           "--policy", "causal", "--merge", "none", "--no-attention-bench", "--no-exact-rss", "--no-progress"]
 
 
@@ -365,7 +365,7 @@ def test_cli_bench_writes_a_png_only_with_plot(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("extra,message", [
     (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-    (["--new-tokens", "1"], "--new-tokens must be at least 2, got 1"),
+    (["--max-new-tokens", "1"], "--max-new-tokens must be at least 2, got 1"),
     (["--model", "./no-such-model"], "--model ./no-such-model: no such folder"),
     (["--plot", "FILE/bench.png"], "is a file, not a folder; choose another --plot"),
     (["--output", "FILE/b.json"], "is a file, not a folder; choose another --output"),
@@ -433,6 +433,7 @@ def test_eval_throughput_compares_predictions_across_batch_sizes():
                               max_new_tokens=3)
     assert [(r["variant"], r["batch_size"]) for r in records] == [("future", 1), ("future", 3),
                                                                    ("future+lse", 1), ("future+lse", 3)]
+    assert json.loads(json.dumps(records)) == records and [r["merge"] for r in records] == [None, None, "lse", "lse"]
     assert all(r["identical"] for r in records)  # batching changes no answer
     assert records[0]["speedup"] == 1.0 and records[1]["samples"] == records[0]["samples"] > 0
     assert all(r["seconds_min"] <= r["seconds"] <= r["seconds_max"] for r in records)
@@ -451,3 +452,27 @@ def test_eval_throughput_sees_an_answer_that_batching_changes(monkeypatch):
     monkeypatch.setattr(runner, "generate_batch", batching_changes_the_last_answer)
     records = eval_throughput((1, 3), ("causal",), repeats=1, samples_per_task=3, max_new_tokens=2)
     assert [r["identical"] for r in records] == [True, False]
+
+
+def test_cli_bench_measures_the_whole_merge(tmp_path, monkeypatch, capsys):
+    """--kernel/--pool reach fm.apply and the attention timer, and name the variant in records and table."""
+    from futuremask.bench import kernel, run
+
+    window = fm.Merge("kernel", kernel=1, pool="mean")
+    applied, timed = [], []
+    real_apply, real_attention = run.apply, kernel.merge_attention
+    monkeypatch.setattr(run, "apply", lambda *a, merge=None, **k: applied.append(merge) or real_apply(*a, merge=merge, **k))
+    monkeypatch.setattr(kernel, "merge_attention",
+                        lambda *a, merge, **k: timed.append(merge) or real_attention(*a, merge=merge, **k))
+    path = tmp_path / "out.json"
+    assert main(["bench", "--hidden-size", "32", "--num-layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab",
+                 "50", "--images", "1", "--tokens-per-image", "4", "--text-tokens", "5", "--max-new-tokens", "2",
+                 "--repeats", "1", "--policy", "future", "--merge", "none", "kernel", "--kernel", "1", "--pool", "mean",
+                 "--no-exact-rss", "--output", str(path), "--no-progress"]) == 0
+    records = json.loads(path.read_text())
+    assert [(r["policy"], r["merge"], r["label"]) for r in records] == [
+        ("causal", None, "causal"), ("future", None, "future"), ("future", "kernel-k1-mean", "future+kernel-k1-mean")]
+    assert set(applied) == {None, window} and set(timed) == {window}
+    assert "future+kernel-k1-mean" in capsys.readouterr().out
+    assert [v.label for v in variants(["future"], [None, "kernel", window])] == [
+        "causal", "future", "future+kernel", "future+kernel-k1-mean"]

@@ -1,6 +1,5 @@
 """The shared CLI options: one spelling per concept, old spellings as warning aliases, choices from the registries."""
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 import futuremask as fm
 from futuremask import names, policies
 from futuremask.cli import build_parser, main
-from futuremask.cli.options import MERGE_DEFAULTS, merge_from_args
+from futuremask.cli.options import merge_from_args, merges_from_args
 
 TRAIN = ["train", "--demo"]
 
@@ -21,6 +20,10 @@ RENAMED = [
     (["bench", "--policies", "future", "mma"], ["bench", "--policy", "future", "mma"], "--policies"),
     (["bench", "--hidden", "32"], ["bench", "--hidden-size", "32"], "--hidden"),
     (["bench", "--no-kernel-bench"], ["bench", "--no-attention-bench"], "--no-kernel-bench"),
+    (["bench", "--layers", "2"], ["bench", "--num-layers", "2"], "--layers"),
+    (["bench", "--new-tokens", "4"], ["bench", "--max-new-tokens", "4"], "--new-tokens"),
+    ([*TRAIN, "--layers", "2", "--output-dir", "o"], [*TRAIN, "--num-layers", "2", "--output-dir", "o"], "--layers"),
+    ([*TRAIN, "--init", "ckpt", "--output-dir", "o"], [*TRAIN, "--model", "ckpt", "--output-dir", "o"], "--init"),
     ([*TRAIN, "--out", "runs/x"], [*TRAIN, "--output-dir", "runs/x"], "--out"),
     ([*TRAIN, "--policies", "causal", "mma", "--output-dir", "o"], [*TRAIN, "--policy", "causal", "mma", "--output-dir", "o"],
      "--policies"),
@@ -63,8 +66,8 @@ def test_the_old_required_spelling_meets_required(capsys):
 
 def test_an_old_spelling_still_runs_a_command(tmp_path, capsys):
     """bench --json writes the records file --output would (a 1-layer model, one variant)."""
-    small = ["bench", "--hidden-size", "16", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "32",
-             "--images", "1", "--tokens-per-image", "2", "--text-tokens", "3", "--new-tokens", "2", "--repeats", "1",
+    small = ["bench", "--hidden-size", "16", "--num-layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "32",
+             "--images", "1", "--tokens-per-image", "2", "--text-tokens", "3", "--max-new-tokens", "2", "--repeats", "1",
              "--policy", "causal", "--merge", "none", "--no-attention-bench", "--no-exact-rss", "--no-progress"]
     assert main([*small, "--json", str(tmp_path / "old.json")]) == 0
     assert "--json is deprecated" in capsys.readouterr().err
@@ -124,30 +127,39 @@ def test_dtype_and_device_have_one_default():
     assert set(defaults.values()) == {"auto"}
 
 
-def test_merge_defaults_are_merges_defaults():
-    fields = {f.name: f.default for f in dataclasses.fields(fm.Merge)}
-    assert {k: fields[k] for k in MERGE_DEFAULTS} == MERGE_DEFAULTS and set(fields) == {"kind", *MERGE_DEFAULTS}
-
-
 @pytest.mark.parametrize("command", [["verify", "--model", "m"], ["attention-map"], [*TRAIN, "--output-dir", "o"]])
 def test_a_whole_merge_from_the_command_line(command):
-    args = build_parser().parse_args([*command, "--merge", "lse", "--kernel", "5", "--pool", "mean", "--prefix", "2"])
-    assert merge_from_args(args) == fm.Merge(kind="lse", kernel=5, pool="mean", prefix=2)
+    args = build_parser().parse_args([*command, "--merge", "kernel", "--kernel", "5", "--pool", "mean", "--prefix", "2"])
+    assert merge_from_args(args) == fm.Merge(kind="kernel", kernel=5, pool="mean", prefix=2)
+    assert merge_from_args(build_parser().parse_args([*command, "--merge", "lse", "--prefix", "2"])) == \
+        fm.Merge(kind="lse", prefix=2)
     assert merge_from_args(build_parser().parse_args(command)) is None
+    with pytest.raises(ValueError, match="--pool mean shapes only --merge kernel, and --merge lse does not read it"):
+        merge_from_args(build_parser().parse_args([*command, "--merge", "lse", "--pool", "mean"]))
+
+
+def test_several_kinds_each_take_the_window_they_read():
+    args = build_parser().parse_args(["bench", "--merge", "none", "kernel", "lse", "--kernel", "5", "--prefix", "2"])
+    assert merges_from_args(args) == [None, fm.Merge("kernel", kernel=5, prefix=2), fm.Merge("lse", prefix=2)]
+    with pytest.raises(ValueError, match="--kernel 5 shapes only --merge kernel, and --merge lse does not read it"):
+        merges_from_args(build_parser().parse_args(["bench", "--merge", "none", "lse", "--kernel", "5"]))
 
 
 @pytest.mark.parametrize("command", [
-    ["eval", "--demo", "--merge", "kernel"],
-    ["tune", "--data-dir", "d", "--model", "m", "--merge", "none", "kernel"],
-    ["bench", "--merge", "none", "kernel"],
+    ["eval", "--demo"],
+    ["tune", "--data-dir", "d", "--model", "m", "--merge", "none"],
+    ["bench", "--merge", "none"],
+    ["verify", "--model", "m"],
+    [*TRAIN, "--output-dir", "o"],
 ])
-def test_commands_that_name_runs_by_the_kind_refuse_other_windows(command, tmp_path, monkeypatch, capsys):
-    """eval/tune/bench record a merge by its kind: another window is refused before any work, not dropped."""
+def test_a_window_without_a_merge_is_refused(command, tmp_path, monkeypatch, capsys):
+    """--kernel with no merge asked for would change nothing: refused before any work, not dropped."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("futuremask.checkpoint.check_model_source", lambda *a, **k: None)
+    monkeypatch.setattr("futuremask.checkpoint.load_checkpoint", lambda *a, **k: pytest.fail("loaded a model"))
     assert main([*command, "--kernel", "5"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "drop --kernel 5" in err
+    assert len(err.splitlines()) == 1 and "drop --kernel 5" in err and "no merge is asked for" in err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -175,3 +187,13 @@ def test_bench_report_names_a_bad_file(tmp_path, capsys):
     assert main(["bench-report", str(tmp_path / "run.json")]) == 2
     err = capsys.readouterr().err
     assert "run.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_attention_map_panels_take_the_window_their_merge_reads(capsys):
+    from futuremask.cli.viz import parse_policies
+
+    args = build_parser().parse_args(["attention-map", "--kernel", "5", "--prefix", "2"])
+    assert parse_policies(["original", "future+kernel", "mma+lse"], args) == [
+        ("causal", None), ("future", fm.Merge("kernel", kernel=5, prefix=2)), ("mma", fm.Merge("lse", prefix=2))]
+    assert main(["attention-map", "--policy", "future", "--kernel", "5"]) == 2  # before any model is built
+    assert "--kernel 5 shapes only --merge kernel, and no merge is asked for" in capsys.readouterr().err

@@ -14,7 +14,9 @@ import futuremask as fm
 from futuremask.eval import prompt_styles, runner
 from futuremask.eval.data import load_tasks
 from futuremask.eval.demo import DEMO_WORDS, generate_demo_data
+from futuremask.eval.report import build_report
 from futuremask.eval.runner import RunConfig, evaluate, run_name
+from futuremask.eval.scoring import score_run
 from futuremask.tiny import tiny_llava
 
 TASKS = ["DemoColor", "DemoChange", "DemoCount"]  # 2-4 images per sample: several image-count groups
@@ -279,3 +281,49 @@ def test_layer_schedule_reaches_the_handle_and_names_the_run(model_and_processor
     with pytest.raises(ValueError, match="do not exist"):
         evaluate(model, processor, one, ["causal"], tmp_path / "bad", _config(layers="0-5"))
     assert not (tmp_path / "bad").exists()  # refused before any run folder is written
+
+
+WINDOW = fm.Merge("kernel", kernel=1)
+
+
+def _preds(run_dir: Path, task) -> list[str]:
+    return [r["pred_response"] for r in json.loads((run_dir / task.name / "pred.json").read_text())]
+
+
+def test_a_merge_window_reaches_the_model_and_runs_apart(model_and_processor, tasks, tmp_path):
+    """--kernel 1 generates what fm.apply with that Merge generates, not the default window's answers."""
+    model, processor = model_and_processor
+    (default,) = evaluate(model, processor, tasks[:1], ["future"], tmp_path, _config(merge="kernel"))
+    (window,) = evaluate(model, processor, tasks[:1], ["future"], tmp_path, _config(merge=WINDOW))
+    assert (default.name, window.name) == ("tiny__future__merge-kernel", "tiny__future__merge-kernel-k1")
+    assert json.loads((window / "run.json").read_text())["merge"] == "kernel-k1"
+    got = _preds(window, tasks[0])
+    assert got != _preds(default, tasks[0])  # the window changes answers on this model
+    for run_dir in (default, window):
+        score_run(tasks[0].path.parent.parent, run_dir, [tasks[0].name], progress=False)
+    (columns,) = [line for line in build_report(tmp_path).splitlines() if line.startswith("| Task |")]
+    assert columns.endswith("| future+kernel | future+kernel-k1 |")  # the report's columns name both windows
+    records = json.loads((window / tasks[0].name / "pred.json").read_text())
+    for sample, record in zip(tasks[0].samples, records, strict=True):  # each as fm.apply(merge=WINDOW) answers
+        text = "USER: " + record["question"].replace("<ImageHere>", " <image> ") + " ASSISTANT:"  # as above
+        inputs = processor(text=[text], images=[Image.open(p).convert("RGB") for p in sample.image_paths],
+                           return_tensors="pt")
+        with fm.apply(model, "future", merge=WINDOW), torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=1, do_sample=False)
+        new = out[:, inputs["input_ids"].shape[1]:]
+        assert record["pred_response"] == processor.batch_decode(new, skip_special_tokens=True)[0].strip()
+
+
+def test_a_run_never_resumes_under_another_window(model_and_processor, tasks, tmp_path, monkeypatch):
+    model, processor = model_and_processor
+    one = [replace(tasks[0], samples=tasks[0].samples[:2])]
+    (window,) = evaluate(model, processor, one, ["future"], tmp_path, _config(merge=WINDOW))
+    with pytest.raises(ValueError, match="merge='kernel-k1'.*--overwrite"):  # the folder of another window
+        runner.check_run_dir(window, _config(policy="future", merge=fm.Merge("kernel", kernel=2)), one)
+    # the default Merge keeps the old spelling, so folders written before windows existed still resume
+    assert run_name("tiny", "future", fm.Merge()) == run_name("tiny", "future", "kernel") == "tiny__future__merge-kernel"
+    assert _config(merge=fm.Merge()).settings()["merge"] == "kernel"
+    evaluate(model, processor, one, ["future"], tmp_path, _config(merge="kernel"))
+    monkeypatch.setattr(runner, "generate_batch", lambda *a, **k: pytest.fail("regenerated a finished run"))
+    evaluate(model, processor, one, ["future"], tmp_path, _config(merge=fm.Merge(kind="kernel", kernel=3)))
+    evaluate(model, processor, one, ["future"], tmp_path, _config(merge=fm.Merge("kernel", kernel=1)))

@@ -20,6 +20,7 @@ def _loaded_after(code: str) -> list[str]:
     "import futuremask",
     "import futuremask.eval.scoring",
     "import futuremask.eval.report",
+    "import futuremask.merge_spec",
     "from futuremask.cli import build_parser; build_parser()",
     "import futuremask as fm; fm.POLICIES; fm.__all__",
 ])

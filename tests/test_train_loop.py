@@ -74,7 +74,7 @@ def test_training_policy_changes_the_update():
 def test_train_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["train", "--demo", "--demo-samples", "3", "--steps", "2", "--batch-size", "4", "--policy", "original",
-                 "--hidden-size", "32", "--layers", "1", "--vision-hidden-size", "16", "--output-dir", str(out)])
+                 "--hidden-size", "32", "--num-layers", "1", "--vision-hidden-size", "16", "--output-dir", str(out)])
     assert code == 0
     record = json.loads((out / "futuremask_training.json").read_text())
     assert record["config"]["policy"] == "causal"  # the alias, resolved
@@ -91,12 +91,12 @@ def test_train_command_end_to_end(tmp_path, capsys):
 
 def test_train_command_checks_before_training(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    base = ["train", "--demo", "--demo-samples", "3", "--steps", "1", "--hidden-size", "32", "--layers", "1"]
+    base = ["train", "--demo", "--demo-samples", "3", "--steps", "1", "--hidden-size", "32", "--num-layers", "1"]
     cases = [
         (["--output-dir", str(tmp_path / "file" / "out")],
          f"--output-dir {tmp_path / 'file' / 'out'}: {tmp_path / 'file'} is a file"),
-        (["--init", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "o")],
-         f"--init {tmp_path / 'nope'}: no such folder"),
+        (["--model", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "o")],
+         f"--model {tmp_path / 'nope'}: no such folder"),
         (["--steps", "0", "--output-dir", str(tmp_path / "o")], "--steps must be a positive integer, got 0"),
     ]
     for extra, message in cases:

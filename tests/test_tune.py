@@ -60,7 +60,7 @@ def plant(monkeypatch, right, calls: list | None = None, watch: Path | None = No
 
     def generate(model, processor, prompts, gen_kwargs, **style_kwargs):
         handle = model._futuremask
-        label = Candidate(handle.policy.name, handle.merge.kind if handle.merge else None).label
+        label = Candidate(handle.policy.name, handle.merge).label
         out = []
         for p in prompts:
             if calls is not None:
@@ -215,3 +215,29 @@ def test_eval_policy_map_end_to_end_on_the_demo(tmp_path, capsys):
     for run, (task,) in runs.items():
         score = json.loads((out / "demo" / run / task / "eval.json").read_text())["Accuracy"]
         assert f"| {task} | {run.split('__')[1]} | {score * 100:.2f} (Accuracy) |" in printed
+
+
+def test_a_merge_window_is_a_candidate_of_its_own(monkeypatch, model_and_processor, data, tmp_path):
+    """kernel and kernel-k5 are two candidates, run apart; the map names the window and eval reads it back."""
+    import futuremask as fm
+
+    model, processor = model_and_processor
+    window = fm.Merge("kernel", kernel=5)
+    plant(monkeypatch, lambda task, sid, label: label == "mma+kernel-k5" or sid % 4 == 0)  # the handle's Merge
+    cands = candidates(["mma"], [fm.Merge("kernel"), window])
+    assert [c.label for c in cands] == ["causal", "mma+kernel", "mma+kernel-k5"]
+    result = tune(model, processor, load_tasks(data, TASKS), data, cands, tmp_path, _config(), resamples=500)
+    assert sorted(p.name for p in (tmp_path / "dev").iterdir()) == [
+        "tiny__causal", "tiny__mma__merge-kernel", "tiny__mma__merge-kernel-k5"]
+    want = {"policy": "mma", "merge": "kernel-k5"}
+    assert json.loads((tmp_path / "policy_map.json").read_text()) == {t: want for t in TASKS}
+    assert result["overall"]["best_single"] == want and "| mma+kernel-k5 |" in (tmp_path / "tune.md").read_text()
+    assert read_policy_map(tmp_path / "policy_map.json") == {t: Candidate("mma", window) for t in TASKS}
+
+
+@pytest.mark.parametrize("word", ["kernel-x5", "kernel-k5-k6", "kernel-k0", "huge", "lse-max-mean"])
+def test_a_policy_map_with_an_unreadable_merge_is_refused(word, tmp_path):
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"DemoColor": {"policy": "mma", "merge": word}}))
+    with pytest.raises(ValueError, match="entry 'DemoColor'.*(cannot read|unknown merge kind|>= 1)"):
+        read_policy_map(path)

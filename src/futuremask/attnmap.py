@@ -23,6 +23,7 @@ from .hf_masks import prompt_rows
 from .kernels.common import repeat_kv
 from .layout import TokenLayout, text_config
 from .merge import Merge, merged_logits
+from .merge_spec import merge_spec
 from .policies import get_policy, policy_mask
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -47,7 +48,7 @@ class AttentionMap:
 
     @property
     def title(self) -> str:
-        merge = f" + merge({self.merge.kind})" if self.merge else ""
+        merge = f" + merge({merge_spec(self.merge)})" if self.merge else ""
         head = "mean of heads" if self.head is None else f"head {self.head}"
         return f"{self.policy}{merge} — layer {self.layer}, {head}"
 

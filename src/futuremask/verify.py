@@ -30,6 +30,7 @@ from .checkpoint import DEFAULT_PROMPT, sample_image, sample_inputs
 from .hf import apply, continuation_logprob, with_continuation
 from .layout import TokenLayout, visual_token_ids
 from .merge import Merge
+from .merge_spec import merge_label
 from .policies import get_policy, policy_names
 
 CHECKS = {
@@ -310,7 +311,7 @@ def verify(
             plan.append((fn, name, run_merge))
     results = []
     for fn, name, run_merge in tqdm(plan, desc="futuremask verify", disable=not progress, leave=False):
-        label = name + (f"+{run_merge.kind}" if run_merge is not None else "")
+        label = merge_label(name, run_merge)
         try:
             result = fn(name, run_merge)
         except Exception as err:  # a crash is a failed check, reported on its line

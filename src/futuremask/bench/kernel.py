@@ -17,7 +17,6 @@ from ..kernels import blocked, merge_attention, sdpa_attention
 from ..kernels.future_runs import future_runs
 from ..kernels.rows import FutureRows
 from ..layout import TokenLayout, text_config
-from ..merge import Merge
 from ..policies import overlay_mod, policy_mask
 
 
@@ -60,7 +59,7 @@ def attention_timer(
             mask = base if rows is None else rows
             fn = lambda: sdpa_attention(q, k, v, mask)  # noqa: E731
         else:
-            merge = Merge(kind=variant.merge)
+            merge = variant.merge
             sinks, ends = lay.sequence_sinks(merge.prefix), lay.segment_end
             fn = lambda: merge_attention(  # noqa: E731
                 q, k, v, base, rows, merge=merge, prefix_positions=sinks, prompt_end=ends

@@ -39,6 +39,7 @@ from ..hf import IMPL_PREFIX
 from ..kernels import blocked
 from ..layout import TokenLayout
 from ..merge import Merge
+from ..merge_spec import merge_label, merge_spec
 from ..names import BENCH_POLICIES
 from ..policies import allowed_mod, get_policy
 from .kernel import attention_timer
@@ -49,22 +50,26 @@ METRICS = ("prefill_ms", "decode_ms_per_token", "peak_mem_mb", "attn_ms")
 
 @dataclass(frozen=True)
 class Variant:
-    """One configuration to measure: a policy and an optional merge kind."""
+    """One configuration to measure: a policy and an optional merge (a kind name is that kind's default Merge)."""
 
     policy: str
-    merge: str | None = None
+    merge: Merge | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "merge", Merge.coerce(self.merge))
 
     @property
     def label(self) -> str:
-        return self.policy + (f"+{self.merge}" if self.merge else "")
+        """``policy`` or ``policy+<merge word>`` (:func:`futuremask.merge_spec.merge_label`)."""
+        return merge_label(self.policy, self.merge)
 
 
-def variants(policies: Sequence[str], merges: Sequence[str | None]) -> list[Variant]:
+def variants(policies: Sequence[str], merges: Sequence[Merge | str | None]) -> list[Variant]:
     """``causal`` (first) and every policy x merge (``causal`` with a merge has nothing to fold: skipped)."""
     names = [get_policy(p).name for p in policies]
     out = [Variant("causal")]
     for merge in merges:
-        merge = None if merge in (None, "none", "") else Merge.coerce(merge).kind
+        merge = Merge.coerce(merge)
         for name in names:
             v = Variant(name, merge)
             if v not in out and not (name == "causal" and merge is not None):
@@ -202,7 +207,7 @@ class BenchSettings:
     """What to run: variants, repeats and the generation length (the prompt comes with the inputs)."""
 
     policies: Sequence[str] = BENCH_POLICIES
-    merges: Sequence[str | None] = (None, "kernel")
+    merges: Sequence[Merge | str | None] = (None, "kernel")
     new_tokens: int = 16
     repeats: int = 3
     backend: str = "auto"
@@ -225,7 +230,8 @@ def run_bench(
 ) -> list[dict]:
     """Measure every variant on ``model`` with ``inputs`` (``input_ids``/``attention_mask`` ``[B, L]``).
 
-    Returns one record per variant (``causal`` first): ``policy``, ``merge`` (None or the kind), the
+    Returns one record per variant (``causal`` first): ``policy``, ``merge`` (None or its
+    :func:`~futuremask.merge_spec.merge_spec` word: ``kernel``, ``kernel-k5``), the
     median / min / max of each metric over ``settings.repeats`` rounds, and ``*_ratio`` = median /
     median of ``causal``. Also ``pairs_ratio`` (attended pairs / causal pairs), ``mask_share`` (the median
     over rounds of mask building + blocked-SDPA planning time / prefill time) and ``mask_calls_per_prefill``, plus
@@ -275,7 +281,7 @@ def run_bench(
 def _records(runs, samples, layout, causal_pairs, settings, inputs, clock) -> list[dict]:
     records = []
     for v in runs:
-        rec: dict[str, Any] = {"policy": v.policy, "merge": v.merge, "label": v.label}
+        rec: dict[str, Any] = {"policy": v.policy, "merge": merge_spec(v.merge), "label": v.label}
         for metric in METRICS:
             med, lo, hi = _summary(samples[v].get(metric, []))
             rec[metric], rec[metric + "_min"], rec[metric + "_max"] = med, lo, hi
@@ -310,5 +316,6 @@ def _records(runs, samples, layout, causal_pairs, settings, inputs, clock) -> li
 def settings_dict(settings: BenchSettings) -> dict[str, Any]:
     """The settings as plain JSON-ready values."""
     out = asdict(settings)
-    out["policies"], out["merges"] = list(settings.policies), list(settings.merges)
+    out["policies"] = list(settings.policies)
+    out["merges"] = [merge_spec(Merge.coerce(m)) for m in settings.merges]
     return out

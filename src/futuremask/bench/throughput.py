@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from ..merge import Merge
+from ..merge_spec import merge_spec
 from ..policies import get_policy
 from .run import CLOCKS, Variant, variants
 
@@ -39,7 +41,7 @@ def _predictions(run_dir: Path) -> dict[tuple[str, str], str]:
     return out
 
 
-def _runs(policies: Sequence[str], merges: Sequence[str | None]) -> list[Variant]:
+def _runs(policies: Sequence[str], merges: Sequence[Merge | str | None]) -> list[Variant]:
     """The variants of ``policies`` x ``merges`` (``causal`` only when asked for)."""
     asked = {get_policy(p).name for p in policies}
     return [v for v in variants(policies, merges) if v.merge is not None or v.policy in asked]
@@ -49,7 +51,7 @@ def eval_throughput(
     batch_sizes: Sequence[int] = (1, 8),
     policies: Sequence[str] = ("causal", "future"),
     *,
-    merges: Sequence[str | None] = (None,),
+    merges: Sequence[Merge | str | None] = (None,),
     repeats: int = 3,
     samples_per_task: int = 24,
     max_new_tokens: int = 8,
@@ -103,7 +105,7 @@ def eval_throughput(
         rounds = [a / b for a, b in zip(first, seconds[(v, bs)], strict=True)]
         median = statistics.median(seconds[(v, bs)])
         records.append({
-            "policy": v.policy, "merge": v.merge, "variant": v.label, "batch_size": bs, "samples": total,
+            "policy": v.policy, "merge": merge_spec(v.merge), "variant": v.label, "batch_size": bs, "samples": total,
             "seconds": median, "seconds_min": min(seconds[(v, bs)]), "seconds_max": max(seconds[(v, bs)]),
             "wall_s": statistics.median(wall[(v, bs)]), "samples_per_s": total / median,
             "speedup": statistics.median(first) / median, "speedup_min": min(rounds), "speedup_max": max(rounds),

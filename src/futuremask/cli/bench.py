@@ -12,7 +12,7 @@ from .options import (
     add_model_options,
     add_option,
     add_policy_option,
-    merge_kinds_only,
+    merges_from_args,
 )
 
 _SIZE = SyntheticSize()
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = p.add_argument_group("model")
     add_model_options(m, default="synthetic", help="'synthetic' (random weights) or a hub id / local path")
     add_option(m, "--hidden-size", "--hidden", type=int, default=_SIZE.hidden, help="synthetic: hidden size")
-    m.add_argument("--layers", type=int, default=_SIZE.layers, help="synthetic: decoder layers")
+    add_option(m, "--num-layers", "--layers", type=int, default=_SIZE.layers, help="synthetic: decoder layers")
     m.add_argument("--heads", type=int, default=_SIZE.heads, help="synthetic: attention heads")
     m.add_argument("--kv-heads", type=int, default=_SIZE.kv_heads, help="synthetic: key/value heads")
     m.add_argument("--intermediate", type=int, default=None, help="synthetic: MLP size (default 8/3 hidden)")
@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--images", type=int, default=2)
     q.add_argument("--tokens-per-image", type=int, default=576)
     q.add_argument("--text-tokens", type=int, default=1152)
-    q.add_argument("--new-tokens", type=int, default=16, help="tokens to decode (>= 2)")
+    add_option(q, "--max-new-tokens", "--new-tokens", type=int, default=16,
+               help="tokens to decode, exactly this many (>= 2; default 16)")
     add_option(q, "--batch-size", "--batch", type=int, default=1, help="prompts per forward (default 1)")
     r = p.add_argument_group("run")
     add_policy_option(r, default=BENCH_POLICIES, old=["--policies"],
@@ -100,8 +101,8 @@ def _check_args(args: argparse.Namespace) -> None:
     from ..checkpoint import check_device, check_model_source
     from ..io import check_writable
 
-    least = {"repeats": 1, "batch_size": 1, "images": 0, "tokens_per_image": 1, "text_tokens": 1, "new_tokens": 2,
-             "hidden_size": 1, "layers": 1, "heads": 1, "kv_heads": 1, "vocab": 8}
+    least = {"repeats": 1, "batch_size": 1, "images": 0, "tokens_per_image": 1, "text_tokens": 1, "max_new_tokens": 2,
+             "hidden_size": 1, "num_layers": 1, "heads": 1, "kv_heads": 1, "vocab": 8}
     for name, low in least.items():
         if getattr(args, name) < low:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
@@ -110,7 +111,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.model != "synthetic":
         check_model_source(args.model)
     check_device(args.device)
-    merge_kinds_only(args, "bench")
+    merges_from_args(args)  # window options without a merge are refused here
     for flag, path in (("--output", args.output), ("--plot", args.plot_path)):
         if path:
             check_writable(Path(path).parent, flag)
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         return _throughput(args)
     size = SyntheticSize(
         hidden=args.hidden_size,
-        layers=args.layers,
+        layers=args.num_layers,
         heads=args.heads,
         kv_heads=args.kv_heads,
         intermediate=args.intermediate,
@@ -142,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
         tokens_per_image=args.tokens_per_image,
         text_tokens=args.text_tokens,
         batch=args.batch_size,
-        new_tokens=args.new_tokens,
+        new_tokens=args.max_new_tokens,
         policies=args.policy,
-        merges=[None if m == "none" else m for m in args.merge],
+        merges=merges_from_args(args),
         repeats=args.repeats,
         backend=args.backend,
         kernel_bench=not args.no_attention_bench,
@@ -215,7 +216,8 @@ def _throughput(args: argparse.Namespace) -> int:
         raise ValueError("--eval-throughput batch sizes must be >= 1")
     clock = args.clock if args.clock != "auto" else "cpu"
     policies = list(dict.fromkeys(args.policy)) if args.policy != list(BENCH_POLICIES) else ["causal", "future"]
-    merges = [None if m == "none" else m for m in args.merge] if args.merge != ["none", "kernel"] else [None]
+    # the default kinds mean no merge here; a window then has nothing to shape and is refused
+    merges = merges_from_args(args, None if args.merge != ["none", "kernel"] else ["none"])
     records = eval_throughput(sizes, policies, merges=merges, repeats=args.repeats, clock=clock)
     print(throughput_table(records))
     _write(records, args.output)

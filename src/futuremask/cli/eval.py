@@ -22,7 +22,7 @@ from .options import (
     add_merge_options,
     add_model_options,
     add_policy_option,
-    merge_kinds_only,
+    merge_from_args,
 )
 
 DEMO_POLICIES = (*PAPER_POLICIES, "mma")
@@ -73,7 +73,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="prompt budget for MileBench's left truncation (default: min(4096, model positions))")
     p.add_argument("--tokens-per-image", type=int, default=None,
                    help="tokens counted per image when truncating (default: measured with the processor)")
-    p.add_argument("--output-dir", default="outputs", help="runs go to <output-dir>/<model>__<policy>[__merge-<kind>]")
+    p.add_argument("--output-dir", default="outputs",
+                   help="runs go to <output-dir>/<model>__<policy>[__merge-<kind>[-k<kernel>][-<pool>][-p<prefix>]] "
+                        "(the window options named only when not the defaults)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -142,7 +144,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("futuremask eval needs --data-dir and --model (or --demo for the offline demo)")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    merge_kinds_only(args, "eval")
+    merge_from_args(args)  # window options without a merge are refused here
     if args.model:
         check_model_source(args.model)
     check_device(args.device)
@@ -232,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite, batch_size = args.overwrite, 1 if args.batch_size is None else args.batch_size
         max_new_tokens = 512 if args.max_new_tokens is None else args.max_new_tokens
     config = RunConfig(  # validates the numbers
-        model=model_name, policy=policies[0], merge=args.merge, layers=args.layers, backend=args.backend,
+        model=model_name, policy=policies[0], merge=merge_from_args(args), layers=args.layers, backend=args.backend,
         max_new_tokens=max_new_tokens,
         max_context_len=args.max_context_len, tokens_per_image=args.tokens_per_image, adv=args.adv and not args.demo,
         batch_size=batch_size, overwrite=overwrite, progress=not args.no_progress and rank == 0, rank=rank,

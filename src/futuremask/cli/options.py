@@ -6,7 +6,7 @@ never from a list written out per command; nothing here imports torch.
 * ``--policy NAME [NAME ...]`` (:func:`add_policy_option`): registered names and their aliases.
 * ``--merge KIND`` plus ``--kernel``, ``--pool``, ``--prefix`` (:func:`add_merge_options`): a whole
   :class:`~futuremask.merge.Merge` (:func:`merge_from_args`); commands that try several kinds take
-  ``--merge none kernel ...``.
+  ``--merge none kernel ...`` (:func:`merges_from_args`: each kind with the same window).
 * ``--model``, ``--dtype``, ``--device`` (:func:`add_model_options`): the default of both is ``auto``
   everywhere: the checkpoint's dtype on CUDA and float32 on CPU (:func:`futuremask.checkpoint.resolve_dtype`),
   ``cuda:LOCAL_RANK`` when CUDA is available, else cpu (:func:`futuremask.checkpoint.resolve_device`).
@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..merge_spec import MERGE_DEFAULTS, MERGE_FIELDS
 from ..names import BACKENDS, DTYPES, MERGE_KINDS, POOLS
 from ..policies import accepted_names
 
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 
 DEFAULT_DTYPE = "auto"
 DEFAULT_DEVICE = "auto"
-MERGE_DEFAULTS = {"kernel": 3, "pool": "max", "prefix": 1}
-"""The :class:`~futuremask.merge.Merge` fields besides ``kind`` and their defaults (a test holds them equal)."""
 
 
 class DeprecatedAlias(argparse.Action):
@@ -92,32 +91,43 @@ def add_merge_options(parser, *, several: bool = False, default: Sequence[str] |
     add_option(parser, "--merge", aliases=aliases, choices=kinds, nargs="+" if several else None, metavar="KIND",
                default=list(default) if default is not None else None, help=f"{what}; any of {', '.join(kinds)}")
     parser.add_argument("--kernel", type=int, default=MERGE_DEFAULTS["kernel"],
-                        help=f"merge pooling window (default {MERGE_DEFAULTS['kernel']})")
+                        help=f"merge pooling window, read by --merge kernel (default {MERGE_DEFAULTS['kernel']})")
     parser.add_argument("--pool", choices=POOLS, default=MERGE_DEFAULTS["pool"],
-                        help=f"merge pooling (default {MERGE_DEFAULTS['pool']})")
+                        help=f"merge pooling, read by --merge kernel (default {MERGE_DEFAULTS['pool']})")
     parser.add_argument("--prefix", type=int, default=MERGE_DEFAULTS["prefix"],
                         help=f"sink positions that receive the future (default {MERGE_DEFAULTS['prefix']})")
 
 
 def merge_from_args(args: argparse.Namespace, kind: str | None = None) -> Merge | None:
-    """The :class:`~futuremask.merge.Merge` of ``--merge`` (or of ``kind``) and the window options; None without one."""
+    """The :class:`~futuremask.merge.Merge` of ``--merge`` (or of ``kind``) and the window options; None without one.
+
+    Raises:
+        ValueError: a window option the merge does not read, or given without a merge (it would change nothing).
+    """
+    kind = args.merge if kind is None else kind
+    return merges_from_args(args, [kind])[0]
+
+
+def merges_from_args(args: argparse.Namespace, kinds: Sequence[str | None] | None = None) -> list[Merge | None]:
+    """One :class:`~futuremask.merge.Merge` per kind of ``--merge KIND ...`` (or ``kinds``), None for ``none``.
+
+    Each merge takes the window options its kind reads (:data:`~futuremask.merge_spec.MERGE_FIELDS`).
+
+    Raises:
+        ValueError: a window option no asked-for kind reads (it would change nothing).
+    """
     from ..merge import Merge
 
-    kind = args.merge if kind is None else kind
-    if kind in (None, "none"):
-        return None
-    return Merge(kind=kind, kernel=args.kernel, pool=args.pool, prefix=args.prefix)
-
-
-def merge_kinds_only(args: argparse.Namespace, command: str) -> None:
-    """Refuse window options a command cannot honour: its runs record a merge by its kind alone."""
-    changed = [f"--{name} {getattr(args, name)}" for name, value in MERGE_DEFAULTS.items()
-               if getattr(args, name) != value]
-    if changed:
-        defaults = " ".join(f"--{name} {value}" for name, value in MERGE_DEFAULTS.items())
-        raise ValueError(f"futuremask {command} names its runs by the merge kind alone, so it runs every merge "
-                         f"with {defaults}; drop {' '.join(changed)} (verify, show-mask, attention-map and "
-                         "train take them)")
+    kinds = [None if kind == "none" else kind for kind in (args.merge or [] if kinds is None else kinds)]
+    asked = [kind for kind in kinds if kind is not None]
+    for name, value in MERGE_DEFAULTS.items():
+        flag = f"--{name} {getattr(args, name)}"
+        if getattr(args, name) != value and not any(name in MERGE_FIELDS[kind] for kind in asked):
+            readers = " or ".join(k for k in MERGE_KINDS if name in MERGE_FIELDS[k])
+            why = f"--merge {' '.join(asked)} does not read it" if asked else "no merge is asked for"
+            raise ValueError(f"{flag} shapes only --merge {readers}, and {why}; add --merge {readers}, or drop {flag}")
+    return [None if kind is None else Merge(kind=kind, **{name: getattr(args, name) for name in MERGE_FIELDS[kind]})
+            for kind in kinds]
 
 
 def add_model_options(parser, *, help: str, default: str | None = None, required: bool = False) -> None:
@@ -138,4 +148,4 @@ def add_backend_option(parser, *, default: str = "auto") -> None:
 
 __all__ = ["DEFAULT_DEVICE", "DEFAULT_DTYPE", "MERGE_DEFAULTS", "DeprecatedAlias", "add_backend_option",
            "add_merge_options", "add_model_options", "add_option", "add_policy_option", "merge_from_args",
-           "merge_kinds_only"]
+           "merges_from_args"]

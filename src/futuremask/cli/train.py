@@ -6,7 +6,7 @@ Examples::
     futuremask train --demo --policy mma --steps 4000 --output-dir runs/demo-mma
 
     # fine-tune an existing checkpoint on MileBench-format data
-    futuremask train --init path/to/llava --data-dir path/to/data --policy future --output-dir runs/ft
+    futuremask train --model path/to/llava --data-dir path/to/data --policy future --output-dir runs/ft
 
     # train under several policies, evaluate each under every policy, write sweep.md
     futuremask train --demo --policy causal mma future --eval-demo --output-dir runs/sweep
@@ -45,9 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--max-context-len", type=int, default=4096, help="prompt budget in tokens")
 
     model = p.add_argument_group("model")
-    model.add_argument("--init", help="checkpoint to fine-tune (default: a fresh tiny LLaVA, see below)")
+    add_option(model, "--model", "--init", help="checkpoint to fine-tune: a local path or hub id (default: a fresh "
+               "tiny LLaVA, see below)")
     model.add_argument("--hidden-size", type=int, default=128)
-    model.add_argument("--layers", type=int, default=4)
+    add_option(model, "--num-layers", "--layers", type=int, default=4, help="fresh model: decoder layers")
     model.add_argument("--heads", type=int, default=4)
     model.add_argument("--kv-heads", type=int, default=2)
     model.add_argument("--vision-hidden-size", type=int, default=64)
@@ -78,21 +79,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _make_model_factory(args: argparse.Namespace, words: list[str]):
-    if args.init:
+    if args.model:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         def load():
             try:
-                return AutoModelForImageTextToText.from_pretrained(args.init), AutoProcessor.from_pretrained(args.init)
+                return AutoModelForImageTextToText.from_pretrained(args.model), AutoProcessor.from_pretrained(args.model)
             except OSError as err:
-                raise ValueError(f"--init {args.init}: cannot load it ({str(err).splitlines()[0]}); pass a "
+                raise ValueError(f"--model {args.model}: cannot load it ({str(err).splitlines()[0]}); pass a "
                                  "checkpoint folder, or a hub id that is downloadable or cached") from err
 
         return load
     from ..tiny import tiny_llava
 
     def build():
-        return tiny_llava(words=words, hidden_size=args.hidden_size, num_layers=args.layers, num_heads=args.heads,
+        return tiny_llava(words=words, hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.heads,
                           num_kv_heads=args.kv_heads, vision_hidden_size=args.vision_hidden_size,
                           seed=args.model_seed)
 
@@ -130,8 +131,9 @@ def _check_args(args: argparse.Namespace) -> None:
     for flag in ("steps", "batch_size", "demo_samples", "eval_samples"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
-    if args.init:
-        check_model_source(args.init, "--init")
+    if args.model:
+        check_model_source(args.model, "--model")
+    merge_from_args(args)  # window options without a merge are refused here
     check_writable(args.output_dir, "--output-dir")
     for key in ("policy", "eval_policies"):
         if getattr(args, key):
@@ -150,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
             data_dir = str(Path(scratch) / "train")
             generate_demo_data(data_dir, samples_per_task=args.demo_samples, seed=args.demo_seed)
-        words = [] if args.init else _vocabulary(data_dir, args)
+        words = [] if args.model else _vocabulary(data_dir, args)
         make_model = _make_model_factory(args, words)
         model, processor = make_model()
         examples = milebench_examples(data_dir, processor, tasks=args.tasks, limit=args.limit,
@@ -162,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(examples)} training examples, model with {n_params / 1e6:.2f}M parameters", flush=True)
         if len(args.policy) == 1 and not (args.eval_data_dir or args.eval_demo):
             record = {"data": data_dir if args.data_dir else f"demo seed {args.demo_seed}, "
-                      f"{args.demo_samples} per task", "init": args.init, "init_record": _init_record(args.init)}
+                      f"{args.demo_samples} per task", "init": args.model, "init_record": _init_record(args.model)}
             result = train(model, processor, examples, config, output_dir=args.output_dir, record=record)
             step, last = result.losses[-1]
             print(f"trained under {config.policy!r} for {args.steps} steps in {result.seconds:.0f}s "

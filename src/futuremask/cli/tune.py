@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..names import PAPER_POLICIES
 from .eval import add_run_arguments
-from .options import add_merge_options, add_policy_option, merge_kinds_only
+from .options import add_merge_options, add_policy_option, merges_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,13 +53,12 @@ def run(args: argparse.Namespace) -> int:
     check_model_source(args.model)
     check_device(args.device)
     check_writable(args.output_dir)
-    merge_kinds_only(args, "tune")
     if args.resamples < 1:
         raise ValueError(f"--resamples must be at least 1, got {args.resamples}")
     if args.layers:
         parse_layers(args.layers)
     policies = [get_policy(p).name for p in (args.policy or PAPER_POLICIES)]
-    cands = candidates(policies, [None if m == "none" else m for m in args.merge])
+    cands = candidates(policies, merges_from_args(args))
     if len(cands) < 2:
         raise ValueError("give at least one candidate policy besides causal (--policy future mma ...)")
     data_dir = Path(args.data_dir)

@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from ..verify import check_settings, format_table, verify
 
     check_settings(args.atol, args.max_new_tokens)
+    merge = merge_from_args(args)  # before the weights load: a window without a merge is refused
     model, processor = load_checkpoint(args.model, dtype=args.dtype, device=args.device)
-    merge = merge_from_args(args)
     image = open_image(args.image) if args.image else None
     results = verify(model, processor, args.policy, merge=merge, image=image, prompt=args.prompt, atol=args.atol,
                      backend=args.backend, max_new_tokens=args.max_new_tokens)

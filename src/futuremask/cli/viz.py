@@ -6,9 +6,10 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..merge_spec import merge_label
 from ..names import DEFAULT_PANELS, MERGE_KINDS, MERGE_PANEL
 from ..policies import accepted_names, get_policy
-from .options import add_merge_options, add_model_options, add_policy_option, merge_from_args
+from .options import add_merge_options, add_model_options, add_policy_option, merges_from_args
 
 if TYPE_CHECKING:
     from ..layout import TokenLayout
@@ -106,14 +107,19 @@ def run_show_mask(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_policy(spec: str, args: argparse.Namespace) -> tuple[str, Merge | None]:
-    """``"future"`` / ``"future+kernel"`` -> ``(policy name, Merge or None)``; ``--merge`` fills in the kind."""
-    name, _, kind = spec.partition("+")
-    name = get_policy(name).name
-    kind = kind or (args.merge if name != "causal" else None)
-    if kind and kind not in MERGE_KINDS:
-        raise ValueError(f"unknown merge kind {kind!r} in {spec!r}; choose one of {MERGE_KINDS}")
-    return name, merge_from_args(args, kind) if kind else None
+def parse_policies(specs: list[str], args: argparse.Namespace) -> list[tuple[str, Merge | None]]:
+    """``"future"`` / ``"future+kernel"`` -> ``(policy name, Merge or None)``; ``--merge`` fills in the kind.
+
+    Every merge takes the window options its kind reads; an option no merge reads is refused.
+    """
+    names, kinds = [], []
+    for spec in specs:
+        name, _, kind = spec.partition("+")
+        names.append(get_policy(name).name)
+        kinds.append(kind or (args.merge if names[-1] != "causal" else None))
+        if kinds[-1] and kinds[-1] not in MERGE_KINDS:
+            raise ValueError(f"unknown merge kind {kinds[-1]!r} in {spec!r}; choose one of {MERGE_KINDS}")
+    return list(zip(names, merges_from_args(args, kinds), strict=True))
 
 
 def _model_and_inputs(args: argparse.Namespace) -> tuple[Any, Any, str]:
@@ -141,7 +147,7 @@ def run_attention_map(args: argparse.Namespace) -> int:
     if not 1 <= len(args.policy) <= 2:
         raise ValueError(f"--policy takes one or two policies to compare; got {len(args.policy)}")
     _check_output(args.output)
-    runs = [parse_policy(spec, args) for spec in args.policy]
+    runs = parse_policies(args.policy, args)
     model, inputs, name = _model_and_inputs(args)
     maps = [attention_map(model, inputs, policy, merge=merge, layer=args.layer, head=args.head) for policy, merge in runs]
     plot_attention(maps, output=args.output, title=f"{name}: {maps[0].layout.length} prompt tokens")
@@ -149,7 +155,7 @@ def run_attention_map(args: argparse.Namespace) -> int:
     print(f"{'policy':<24} {'visual rows: future mass':>25} {'sink mass':>10} {'text rows: future mass':>23} {'sink mass':>10}")
     for amap in maps:
         s = amap.summary()
-        label = amap.policy + (f"+{amap.merge.kind}" if amap.merge else "")
+        label = merge_label(amap.policy, amap.merge)
         print(f"{label:<24} {s['visual_future_mass']:>25.3f} {s['visual_sink_mass']:>10.3f} "
               f"{s['text_future_mass']:>23.3f} {s['text_sink_mass']:>10.3f}")
     return 0

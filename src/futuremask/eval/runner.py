@@ -37,6 +37,8 @@ from tqdm.auto import tqdm
 
 from ..io import FolderLock, read_json, write_json_atomic
 from ..layout import text_config
+from ..merge import Merge
+from ..merge_spec import merge_label, merge_spec
 from .data import Sample, Task
 from .prompt_styles import PromptSettings, get_style, load_images
 from .prompts import Prompt, count_image_tokens
@@ -55,10 +57,15 @@ def model_slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
-def run_name(model: str, policy: str, merge: str | None = None, layers: str | None = None) -> str:
-    """``<model_slug>__<policy>`` plus ``__merge-<kind>`` with a merge and ``__layers-<0-15>`` with a schedule."""
+def run_name(model: str, policy: str, merge: Merge | str | None = None, layers: str | None = None) -> str:
+    """``<model_slug>__<policy>`` plus ``__merge-<word>`` with a merge and ``__layers-<0-15>`` with a schedule.
+
+    The word is :func:`futuremask.merge_spec.merge_spec`'s: ``kernel`` for the default ``Merge()``,
+    ``kernel-k5`` for ``Merge(kernel=5)``; a kind name stands for that kind's default merge.
+    """
     name = f"{model_slug(model)}__{policy}"
-    name = f"{name}__merge-{merge}" if merge else name
+    merge = Merge.coerce(merge)
+    name = f"{name}__merge-{merge_spec(merge)}" if merge else name
     return f"{name}__layers-{layers}" if layers else name
 
 
@@ -117,7 +124,7 @@ class RunConfig:
 
     model: str
     policy: str
-    merge: str | None = None
+    merge: Merge | None = None  # a kind name is read as that kind's default Merge; run.json holds merge_spec's word
     layers: str | None = None  # a per-layer schedule such as "0-15" (None: every layer)
     backend: str = "auto"
     max_new_tokens: int = 512
@@ -135,6 +142,7 @@ class RunConfig:
     merge_timeout_s: float = 24 * 3600.0
 
     def __post_init__(self) -> None:
+        self.merge = Merge.coerce(self.merge)
         for name in ("max_new_tokens", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -151,6 +159,7 @@ class RunConfig:
     def settings(self) -> dict:
         values = {k: getattr(self, k) for k in SETTINGS_KEYS}
         values["tokens_per_image"] = self.tokens_per_image if self.tokens_per_image is not None else "auto"
+        values["merge"] = merge_spec(self.merge)
         return values
 
 
@@ -451,7 +460,7 @@ def evaluate(
         cfg = replace(resolved, policy=policy, layers=run_layers(policy, config.layers))
         _prepare_run_dir(run_dir, cfg, tasks)
         total = sum(len(remaining(task, run_dir, cfg)) for task in tasks)
-        label = policy + (f"+merge-{cfg.merge}" if cfg.merge else "")
+        label = merge_label(policy, cfg.merge)
         handle = fm.apply(model, policy, merge=cfg.merge, backend=cfg.backend, layers=cfg.layers)
         try:
             with _progress(total, label, cfg) as bar:

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_json_atomic, write_text_atomic
+from ..merge import Merge
+from ..merge_spec import merge_label, merge_spec, parse_merge_spec
 from .data import Task
 from .metrics import scoring_rule
 from .runner import RunConfig, evaluate
@@ -44,23 +46,33 @@ from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED, Delta, paired_bootstrap, str
 
 @dataclass(frozen=True)
 class Candidate:
-    """One thing to choose: a policy and an optional merge kind."""
+    """One thing to choose: a policy and an optional merge (a kind name is that kind's default Merge)."""
 
     policy: str
-    merge: str | None = None
+    merge: Merge | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "merge", Merge.coerce(self.merge))
 
     @property
     def label(self) -> str:
-        return f"{self.policy}+{self.merge}" if self.merge else self.policy
+        """``policy`` or ``policy+<merge word>`` (:func:`futuremask.merge_spec.merge_label`)."""
+        return merge_label(self.policy, self.merge)
 
     def to_dict(self) -> dict[str, str | None]:
-        return {"policy": self.policy, "merge": self.merge}
+        """``{"policy", "merge"}``, the merge as its word (``kernel``, ``kernel-k5``): policy_map.json's entries."""
+        return {"policy": self.policy, "merge": merge_spec(self.merge)}
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any]) -> Candidate:
+        """The candidate :meth:`to_dict` wrote (the merge word read back with :func:`parse_merge_spec`)."""
+        return cls(entry["policy"], parse_merge_spec(entry.get("merge")))
 
 
 BASELINE = Candidate("causal")
 
 
-def candidates(policies: Sequence[str], merges: Sequence[str | None]) -> list[Candidate]:
+def candidates(policies: Sequence[str], merges: Sequence[Merge | str | None]) -> list[Candidate]:
     """``causal`` first, then every (policy, merge) in the given order; ``causal`` takes no merge (it is exact)."""
     out = [BASELINE]
     for policy in policies:
@@ -285,7 +297,7 @@ def _delta_text(d: Mapping[str, Any]) -> str:
 def tune_markdown(result: Mapping[str, Any]) -> str:
     """``tune.md``: the choice per task with its dev evidence, and the held-out comparison."""
     s, o = result["settings"], result["overall"]
-    label = Candidate(**o["best_single"]).label
+    label = Candidate.from_dict(o["best_single"]).label
     lines = [
         "# futuremask tune", "",
         f"Model `{s['model']}`; dev fraction {s['dev_fraction']}, seed {s['seed']}, {s['resamples']} bootstrap "
@@ -295,7 +307,7 @@ def tune_markdown(result: Mapping[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for task, row in result["tasks"].items():
-        chosen, argmax = Candidate(**row["chosen"]).label, Candidate(**row["dev_argmax"]).label
+        chosen, argmax = Candidate.from_dict(row["chosen"]).label, Candidate.from_dict(row["dev_argmax"]).label
         lines.append(f"| {task} | {row['n_dev']} / {row['n_heldout']} | {chosen} | {row['reason']} | "
                      f"{_delta_text(row['heldout_map_vs_causal'])} | {argmax} | "
                      f"{_delta_text(row['heldout_argmax_vs_causal'])} |")
@@ -322,8 +334,7 @@ def tune_markdown(result: Mapping[str, Any]) -> str:
 
 
 def read_policy_map(path: str | os.PathLike) -> dict[str, Candidate]:
-    """``policy_map.json`` (``{task: {"policy", "merge"}}``) as candidates, policy names checked."""
-    from ..merge import Merge
+    """``policy_map.json`` (``{task: {"policy", "merge"}}``) as candidates, policy names and merge words checked."""
     from ..policies import get_policy
 
     path = Path(path)
@@ -332,14 +343,14 @@ def read_policy_map(path: str | os.PathLike) -> dict[str, Candidate]:
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: cannot read the policy map ({err})") from err
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{path}: expected {{task: {{'policy': NAME, 'merge': null | KIND}}}}")
+        raise ValueError(f"{path}: expected {{task: {{'policy': NAME, 'merge': null | MERGE}}}} (MERGE: kernel, "
+                         "kernel-k5-mean, lse-p2, ...)")
     out = {}
     for task, entry in raw.items():
         if not isinstance(entry, dict) or "policy" not in entry:
-            raise ValueError(f"{path}: entry {task!r} must be {{'policy': NAME, 'merge': null | KIND}}")
+            raise ValueError(f"{path}: entry {task!r} must be {{'policy': NAME, 'merge': null | MERGE}}")
         try:
-            merge = Merge.coerce(entry.get("merge"))
-            out[task] = Candidate(get_policy(entry["policy"]).name, merge.kind if merge is not None else None)
+            out[task] = Candidate(get_policy(entry["policy"]).name, parse_merge_spec(entry.get("merge")))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: entry {task!r}: {err}") from None
     return out
