@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .merge_spec import merge_label
 from .names import MERGE_KINDS, POOLS
 
 
@@ -66,6 +67,25 @@ class Merge:
         if isinstance(merge, str):
             return None if merge in ("none", "") else cls(kind=merge)
         raise TypeError(f"merge must be a futuremask.Merge, a kind name or None; got {type(merge).__name__}")
+
+
+@dataclass(frozen=True)
+class PolicyMerge:
+    """A policy and an optional merge: what a bench variant or a tuning candidate runs.
+
+    ``merge`` may be given as a kind name (that kind's default :class:`Merge`) and is stored as a Merge.
+    """
+
+    policy: str
+    merge: Merge | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "merge", Merge.coerce(self.merge))
+
+    @property
+    def label(self) -> str:
+        """``policy`` or ``policy+<merge word>`` (:func:`futuremask.merge_spec.merge_label`)."""
+        return merge_label(self.policy, self.merge)
 
 
 def split_groups(index: torch.Tensor, total: torch.Tensor, groups: int) -> torch.Tensor:

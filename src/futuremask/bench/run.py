@@ -38,8 +38,8 @@ from .. import apply
 from ..hf import IMPL_PREFIX
 from ..kernels import blocked
 from ..layout import TokenLayout
-from ..merge import Merge
-from ..merge_spec import merge_label, merge_spec
+from ..merge import Merge, PolicyMerge
+from ..merge_spec import merge_spec
 from ..names import BENCH_POLICIES
 from ..policies import allowed_mod, get_policy
 from .kernel import attention_timer
@@ -48,20 +48,8 @@ from .memory import PeakMemory, exact_rss_accounting
 METRICS = ("prefill_ms", "decode_ms_per_token", "peak_mem_mb", "attn_ms")
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One configuration to measure: a policy and an optional merge (a kind name is that kind's default Merge)."""
-
-    policy: str
-    merge: Merge | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "merge", Merge.coerce(self.merge))
-
-    @property
-    def label(self) -> str:
-        """``policy`` or ``policy+<merge word>`` (:func:`futuremask.merge_spec.merge_label`)."""
-        return merge_label(self.policy, self.merge)
+class Variant(PolicyMerge):
+    """One configuration to measure: a policy and an optional merge (:class:`~futuremask.merge.PolicyMerge`)."""
 
 
 def variants(policies: Sequence[str], merges: Sequence[Merge | str | None]) -> list[Variant]:

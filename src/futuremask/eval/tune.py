@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_json_atomic, write_text_atomic
-from ..merge import Merge
-from ..merge_spec import merge_label, merge_spec, parse_merge_spec
+from ..merge import Merge, PolicyMerge
+from ..merge_spec import merge_spec, parse_merge_spec
 from .data import Task
 from .metrics import scoring_rule
 from .runner import RunConfig, evaluate
@@ -44,20 +44,8 @@ from .shared import id_key, sample_scores
 from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED, Delta, paired_bootstrap, stratified_bootstrap
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One thing to choose: a policy and an optional merge (a kind name is that kind's default Merge)."""
-
-    policy: str
-    merge: Merge | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "merge", Merge.coerce(self.merge))
-
-    @property
-    def label(self) -> str:
-        """``policy`` or ``policy+<merge word>`` (:func:`futuremask.merge_spec.merge_label`)."""
-        return merge_label(self.policy, self.merge)
+class Candidate(PolicyMerge):
+    """One thing to choose: a policy and an optional merge (:class:`~futuremask.merge.PolicyMerge`)."""
 
     def to_dict(self) -> dict[str, str | None]:
         """``{"policy", "merge"}``, the merge as its word (``kernel``, ``kernel-k5``): policy_map.json's entries."""
