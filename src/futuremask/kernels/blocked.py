@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..policies import DENSE_CHUNK
+from .common import batch_row
 from .rows import FutureRows
 
 DEFAULT_BLOCK = 1024
@@ -237,7 +238,7 @@ class RowGroup:
 def _batch_row(mask: torch.Tensor | FutureRows, b: int) -> torch.Tensor | FutureRows:
     if isinstance(mask, FutureRows):
         return mask.select(b)
-    return mask[b : b + 1] if mask.shape[0] > 1 else mask
+    return batch_row(mask, b)
 
 
 def _shape_of(blocks: tuple[Block, ...]) -> tuple:

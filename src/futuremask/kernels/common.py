@@ -28,3 +28,8 @@ def as_4d(mask: torch.Tensor | None) -> torch.Tensor | None:
     if mask.dim() == 3:
         return mask[:, None]
     raise ValueError(f"attention mask must be [B, Lq, Lk] or [B, H, Lq, Lk]; got shape {tuple(mask.shape)}")
+
+
+def batch_row(mask: torch.Tensor, b: int) -> torch.Tensor:
+    """Batch row ``b`` of a mask ``[B, ...]`` as ``[1, ...]``; a mask of batch size 1 (shared by every row) as is."""
+    return mask[b : b + 1] if mask.shape[0] > 1 else mask

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..policies import DENSE_CHUNK
+from .common import batch_row
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,7 +63,7 @@ class FutureRows:
         def one(bb, h, q, kv):
             return overlay(bb + b, h, q, kv)
 
-        base = None if self.base is None else self.base[b : b + 1] if self.base.shape[0] > 1 else self.base
+        base = None if self.base is None else batch_row(self.base, b)
         return FutureRows(one, base, self.length, 1, on=self.on, kv=self.kv)
 
     def allowed(self, start: int, stop: int) -> torch.Tensor:
