@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import futuremask as fm
+import futuremask.kernels.merge as merge_kernel
+import futuremask.kernels.merge_dense as merge_dense
 from futuremask.kernels import merge_attention
 from futuremask.layout import TokenLayout
 
@@ -226,9 +228,13 @@ MERGES = [
 
 @pytest.mark.parametrize("merge", MERGES, ids=lambda m: f"{m.kind}-{m.pool}-k{m.kernel}-p{m.prefix}")
 @pytest.mark.parametrize("grad", [False, True], ids=["sink-correction", "autograd"])
-def test_merge_kernel_matches_the_reference(merge, grad):
-    """The row-chunked kernel (both its paths) equals fm.attention's row-by-row merge, with padding,
-    a supervised continuation and two packed sequences in one row."""
+@pytest.mark.parametrize("chunk_bytes", [1, None], ids=["row-chunks", "whole-pass"])
+def test_merge_kernel_matches_the_reference(merge, grad, chunk_bytes, monkeypatch):
+    """The kernel (its run, general and whole-pass paths) equals fm.attention's row-by-row merge, with
+    padding, a supervised continuation and two packed sequences in one row."""
+    calls = []
+    chosen = merge_dense.merged_rows
+    monkeypatch.setattr(merge_kernel, "merged_rows", lambda *a, **kw: calls.append(1) or chosen(*a, **kw))
     q, k, v = make_qkv(batch=2, length=16, seed=5)
     vis = torch.tensor([[0, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0],
                         [0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0]]).bool()
@@ -243,7 +249,8 @@ def test_merge_kernel_matches_the_reference(merge, grad):
     future = fm.build_mask("future", vis, attention_mask=attn, prompt_mask=prompt, position_ids=positions) & ~base
     got = merge_attention(q.clone().requires_grad_(grad), k, v, base, future, merge=merge,
                           prefix_positions=layout.sequence_sinks(merge.prefix), prompt_end=layout.segment_end,
-                          chunk_bytes=1).detach()
+                          chunk_bytes=chunk_bytes).detach()
     valid = attn.bool()[:, None, :, None].expand_as(got)
     assert future.any()  # the case has merged rows
+    assert bool(calls) == (chunk_bytes is None and not grad)  # the small pass, in inference, is computed whole
     torch.testing.assert_close(got[valid], want[valid], atol=1e-10, rtol=1e-9)

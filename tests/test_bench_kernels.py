@@ -22,6 +22,12 @@ from futuremask.layout import TokenLayout
 from futuremask.policies import POLICIES, overlay_mod, policy_mask
 
 
+@pytest.fixture(autouse=True)
+def _run_path(monkeypatch):
+    """The merge tests here are about the run path: keep these small passes off the dense one."""
+    monkeypatch.setattr("futuremask.kernels.merge_dense.DENSE_BYTES", 0)
+
+
 def _layout(length: int, spans: list[tuple[int, int]]) -> torch.Tensor:
     vis = torch.zeros(length, dtype=torch.bool)
     for s, e in spans:

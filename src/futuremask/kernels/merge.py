@@ -14,6 +14,7 @@ from ..merge import Merge, merged_logits, sink_groups
 from .blocked import blocked_sdpa
 from .common import as_4d, expand_heads
 from .future_runs import FutureRun, future_runs
+from .merge_dense import fits_dense, merge_rows_corrected, merge_rows_dense, merged_rows
 from .merge_fast import corrected_rows, sink_correction
 from .merge_runs import run_bonus
 from .rows import FutureRows
@@ -62,14 +63,20 @@ def merge_attention(
     sinks = prefix_positions.to(q.device)
     sinks = sinks[:, None].expand(batch, length, -1) if sinks.dim() == 2 else sinks  # [B, L, p]: per query
     chunk_bytes = DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    fast = q.device.type == "cpu" and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
+    inference = not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
+    k, v = expand_heads(q, k, v)  # once: every path below takes them expanded
+    fast = inference and q.device.type == "cpu"
+    if inference and fits_dense(q, chunk_bytes):  # a short pass: every merged row at once, no per-run work
+        chosen = merged_rows(future, sinks, ends)
+        if fast and merge.prefix == 1:
+            return merge_rows_corrected(q, k, v, *_causal_with_lse(q, k, v, base4, scale), chosen, merge, scale)
+        return merge_rows_dense(q, k, v, sdpa_attention(q, k, v, base4, scale=scale), chosen, merge, scale)
     if fast:  # the causal pass reports each row's log-sum-exp: a run needs only its future scores
         out, lse = _causal_with_lse(q, k, v, base4, scale)
     else:
         out, lse = sdpa_attention(q, k, v, base4, scale=scale), None
         if out.requires_grad:
             out = out.clone()  # the merged rows are written in place below
-    k, v = expand_heads(q, k, v)
     for b in range(batch):
         if fast:
             runs, rows = future_runs(future, b, ends[b], sinks[b])
@@ -92,8 +99,9 @@ def _row_ends(prompt_end: torch.Tensor | None, batch: int, length: int, device) 
 
 
 def _causal_with_lse(q, k, v, base, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """CPU: attention over ``base`` (None = causal) and each row's log-sum-exp, float ``[B, H, L]``."""
-    k, v = expand_heads(q, k, v)
+    """CPU: attention over ``base`` (None = causal) and each row's log-sum-exp, float ``[B, H, L]``.
+
+    k, v: ``[B, H, L, D]``, expanded to the query heads."""
     if base is None:
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=scale)
     return blocked_sdpa(q, k, v, base, scale=scale, return_lse=True)
@@ -112,7 +120,8 @@ def _merge_run(q, k, v, out, lse, run: FutureRun, future: FutureRows, b: int, si
         keep &= future.base[b, 0][rows[:, None], positions[None, :]]
     bonus = run_bonus(qr, k, run, merge, sinks.numel(), scale, chunk_bytes)[..., groups]  # [H, R, g]
     sink_scores = torch.matmul(qr, k[:, positions].to(acc).transpose(-1, -2)).mul_(scale) if positions.numel() else None
-    merged, exact = sink_correction(out[:, span], lse[:, span], sink_scores, bonus, keep, v[:, positions].to(acc), merge)
+    merged, exact = sink_correction(out[:, span], lse[:, span], sink_scores, bonus, keep, v[:, None, positions].to(acc),
+                                    merge)
     out[:, span] = merged.to(out.dtype)
     return rows[exact]
 

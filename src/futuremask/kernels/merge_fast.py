@@ -57,23 +57,45 @@ def pooled_groups(
         f: float ``[H, R, C]``, the rows' future scores on the columns ``positions`` (long ``[C]``,
             ascending), 0 where not a future key; every window a row needs lies on consecutive columns.
         rows: long ``[R]``, the query positions; end: their future end ``P``.
+
+    Broadcasts over leading batch dimensions: ``f [..., H, R, C]`` with rows ``[..., 1, R]`` and
+    ``end`` an int or long ``[..., 1, R]`` (per row) give ``[..., H, R, p]``.
     """
+    weights = window_weights(positions, rows, end, merge, n_groups, f.dtype)  # [p, ..., R, C]
+    pooled = pool_windows(f, merge)
+    return torch.stack([torch.einsum("...rc,...rc->...r", pooled, w) for w in weights], -1)
+
+
+def pool_windows(f: torch.Tensor, merge: Merge) -> torch.Tensor:
+    """``[..., C]``: at column ``c`` the max (or the sum) of ``f`` over ``c .. c+k-1``, clipped at the last column."""
     kernel, width = merge.kernel, f.shape[-1]
     pooled = f.clone()
-    for d in range(1, min(kernel, width)):  # window at column c covers c .. c+k-1 (clipped at the end)
+    for d in range(1, min(kernel, width)):
         head = pooled[..., : width - d]
         if merge.pool == "max":
             torch.maximum(head, f[..., d:], out=head)
         else:
             head += f[..., d:]
-    n = (end - 1 - rows).clamp(min=0)[:, None]  # [R, 1] future length n_i
-    in_window, group = window_groups(positions[None, :] - (rows[:, None] + 1), n, kernel, n_groups)
-    weight = in_window.to(f.dtype)
+    return pooled
+
+
+def window_weights(
+    positions: torch.Tensor, rows: torch.Tensor, end: int | torch.Tensor, merge: Merge, n_groups: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """``[p, ..., R, C]`` of ``dtype``: per group, each window's weight in the bonus (``1``, or ``1 / min(n, k)`` for a mean).
+
+    The window of a row at column ``c`` starts at key ``positions[c]``; shapes as in :func:`pooled_groups`.
+    """
+    kernel = merge.kernel
+    n = (end - 1 - rows).clamp(min=0)[..., None]  # [..., R, 1] future length n_i
+    in_window, group = window_groups(positions - (rows[..., None] + 1), n, kernel, n_groups)  # [..., R, C]
+    weight = in_window.to(dtype)
     if merge.pool != "max":
         weight = weight / n.clamp(min=1, max=kernel)
     if n_groups == 1:
-        return torch.einsum("hrc,rc->hr", pooled, weight)[..., None]
-    return torch.stack([torch.einsum("hrc,rc->hr", pooled, weight * (group == g)) for g in range(n_groups)], -1)
+        return weight[None]
+    return torch.stack([weight * (group == g) for g in range(n_groups)])
 
 
 def corrected_rows(
@@ -106,7 +128,7 @@ def corrected_rows(
     groups, positions, keep = sink_groups(rows, prefix_positions, length)
     keep &= future.any(-1)[:, None] & base[:, positions]
     sink_scores = scores[:, :, positions] if positions.numel() else None
-    return sink_correction(causal_out, lse, sink_scores, bonus[..., groups], keep, values[:, positions], merge)
+    return sink_correction(causal_out, lse, sink_scores, bonus[..., groups], keep, values[:, None, positions], merge)
 
 
 def sink_correction(
@@ -125,7 +147,9 @@ def sink_correction(
         sink_scores: float ``[H, R, g]``, the rows' scaled scores at their ``g`` sink positions (None: no sink).
         bonus: float ``[H, R, g]``, what the future adds per sink (:func:`future_bonus`).
         keep: bool ``[R, g]``, where the sink is attended and receives a future.
-        sink_values: float ``[H, g, D]``, the values at the sinks.
+        sink_values: float ``[H, 1, g, D]``, the values at the sinks (``[H, R, g, D]``: each row's own).
+
+    Broadcasts over leading batch dimensions (``[..., H, R, D]`` and so on, keep ``[..., 1, R, g]``).
 
     Returns:
         ``(out [H, R, D] in the dtype of lse, exact bool [R])``: rows to recompute exactly (too small a
@@ -140,7 +164,7 @@ def sink_correction(
     top = new.amax(-1).clamp(min=0.0).nan_to_num(0.0)  # rescale when a new sink logit dominates
     delta = (torch.exp(new - top[..., None]) - torch.exp(old - top[..., None])).nan_to_num(0.0)  # [H, R, g]
     denominator = torch.exp(-top) + delta.sum(-1)  # [H, R]
-    numerator = out * torch.exp(-top)[..., None] + torch.einsum("hrg,hgd->hrd", delta, sink_values)
-    exact = ((top == 0) & (denominator < MIN_DENOMINATOR)).any(0)  # [R]
+    numerator = out * torch.exp(-top)[..., None] + (delta[..., None] * sink_values).sum(-2)
+    exact = ((top == 0) & (denominator < MIN_DENOMINATOR)).any(-2)  # [R]: any head
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     return numerator / safe[..., None], exact
