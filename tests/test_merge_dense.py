@@ -163,3 +163,26 @@ def test_bfloat16_inputs_keep_their_dtype_and_match_float32():
         valid = inputs["attention_mask"].bool()[:, None, :, None].expand_as(got)
         torch.testing.assert_close(got.float()[valid], want[valid], atol=3e-2, rtol=3e-2)
 
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["causal-base", "padded-base"])
+def test_policy_rows_give_the_same_whole_pass_as_dense_masks(padded):
+    """The model integration hands the kernel the policy's overlay (FutureRows), not dense masks: its
+    whole-pass rows (FutureRows.whole) are the policy's masks row for row, so the merge is the same."""
+    from futuremask.kernels.rows import FutureRows
+    from futuremask.policies import overlay_mod, policy_mask
+
+    q, k, v, layout, inputs = _batch(batch=3)
+    if not padded:
+        inputs = dict(is_visual=inputs["is_visual"])
+        layout = TokenLayout.from_masks(**inputs)
+    base = policy_mask("causal", layout)
+    future = fm.build_mask("mma", **inputs) & ~base
+    rows = FutureRows(overlay_mod("mma", layout), base[:, None] if padded else None, layout.length, 3)
+    whole_base, whole_future = rows.whole()
+    assert torch.equal(whole_future, future) and torch.equal(whole_base, base)
+    merge = fm.Merge("kernel")
+    args = dict(merge=merge, prefix_positions=layout.sequence_sinks(1), prompt_end=layout.segment_end)
+    got = merge_attention(q, k, v, base[:, None] if padded else None, rows, **args)
+    want = merge_attention(q, k, v, base, future, **args)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)

@@ -181,5 +181,10 @@ class _DenseRows(FutureRows):
     def rows(self, b: int, rows: torch.Tensor) -> torch.Tensor:
         return self.future[b, 0, rows, : self.length]
 
+    def whole(self) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = torch.arange(self.length, device=self.future.device)
+        base = (keys[None, :] <= keys[:, None])[None] if self.base is None else self.base[:, 0, :, : self.length]
+        return base.expand(self.batch_size, -1, -1), self.future[:, 0, :, : self.length]
+
     def rows_with_future(self, b: int, device, chunk: int = 0) -> torch.Tensor:
         return self.future[b, 0, :, : self.length].any(-1).nonzero().flatten().to(device)

@@ -140,22 +140,11 @@ def merged_rows(rows: FutureRows, sinks: torch.Tensor, ends: torch.Tensor) -> Me
     key = ("merged_rows", sinks.shape[-1])
     if key in rows.memo:
         return rows.memo[key]
-    device, length = sinks.device, rows.length
-    found = [rows.rows_with_future(b, device) for b in range(rows.batch_size)]
-    width = max(1, max(f.numel() for f in found))
-    index = torch.zeros(rows.batch_size, width, dtype=torch.long, device=device)
-    real = torch.zeros(rows.batch_size, width, dtype=torch.bool, device=device)
-    for b, f in enumerate(found):
-        other = torch.ones(length, dtype=torch.bool, device=device)
-        other[f] = False
-        pad = int(other.nonzero()[0]) if f.numel() < width else 0  # width <= L: a row without future exists
-        index[b] = pad
-        index[b, : f.numel()] = f
-        real[b, : f.numel()] = True
-    attend = torch.stack([rows.base_rows(b, index[b]) for b in range(rows.batch_size)])
-    future = torch.stack([rows.rows(b, index[b]) for b in range(rows.batch_size)]) & real[..., None]
-    chosen = MergedRows(index, real, attend, future, sinks.gather(1, index[..., None].expand(-1, -1, sinks.shape[-1])),
-                        ends.gather(1, index))
+    base, future = rows.whole()
+    batch, length = future.shape[:2]
+    every = MergedRows(torch.arange(length, device=future.device).expand(batch, -1),
+                       torch.ones(batch, length, dtype=torch.bool, device=future.device), base, future, sinks, ends)
+    chosen = every.subset(future.any(-1))  # padded with rows that have no future
     rows.memo[key] = chosen
     return chosen
 

@@ -108,6 +108,15 @@ class FutureRows:
         )
         return extra.expand(rows.numel(), self.length) & ~self.base_rows(b, rows)
 
+    def whole(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(base, future)``, bool ``[B, L, L]`` each: every row's attended and future keys (for small passes)."""
+        keys = torch.arange(self.length, device=self.device)
+        if self.base is None:
+            base = (keys[None, :] <= keys[:, None]).expand(self.batch_size, -1, -1)
+        else:
+            base = self.base[:, 0, :, : self.length].expand(self.batch_size, -1, -1)
+        return base, self.allowed(0, self.length)[..., : self.length] & ~base
+
     def rows_with_future(self, b: int, device: torch.device | str, chunk: int = 2**22) -> torch.Tensor:
         """long ``[n]``: the query positions of batch row ``b`` that have at least one future key.
 
