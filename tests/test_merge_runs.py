@@ -15,7 +15,7 @@ import torch
 from futuremask import Merge
 from futuremask.kernels import merge_runs
 from futuremask.kernels.future_runs import FutureRun
-from futuremask.merge import lse_future, pooled_future
+from futuremask.merge import _pooled_future, lse_future
 
 LENGTH, START, STOP = 90, 20, 50
 
@@ -49,7 +49,7 @@ def _literal(q, k, keys, end, merge, scale):
     future = is_key[None, :] & (torch.arange(LENGTH)[None, :] > rows[:, None])  # [R, L]
     if merge.kind == "lse":
         return lse_future(scores, future, merge.prefix)
-    return pooled_future(scores, future, rows, merge, merge.prefix, end)
+    return _pooled_future(scores, future, rows, merge, merge.prefix, end)
 
 
 @pytest.mark.parametrize("shape", KEYS)
@@ -84,4 +84,4 @@ def test_pooled_blocks_cover_more_columns_than_one_block():
     rows = torch.arange(start, stop)
     future = (torch.arange(length)[None, :] > rows[:, None]) & (torch.arange(length)[None, :] > start)
     scores = torch.matmul(q, k.transpose(-1, -2)) * 0.5
-    torch.testing.assert_close(got, pooled_future(scores, future, rows, merge, 1, length), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(got, _pooled_future(scores, future, rows, merge, 1, length), atol=1e-10, rtol=1e-10)

@@ -149,7 +149,7 @@ def merged_logits(
     n_groups = prefix_positions.numel()
     if merge.kind == "kernel":
         end = length if prompt_end is None else int(prompt_end)
-        bonus = pooled_future(scores, future, rows, merge, n_groups, end)  # [H, R, p]
+        bonus = _pooled_future(scores, future, rows, merge, n_groups, end)  # [H, R, p]
     else:
         bonus = lse_future(scores, future, n_groups)  # [H, R, p]
     groups, positions, keep = sink_groups(rows, prefix_positions, length)
@@ -164,25 +164,19 @@ def merged_logits(
     return logits
 
 
-def pooled_future(
-    scores: torch.Tensor, future: torch.Tensor, rows: torch.Tensor, merge: Merge, n_groups: int,
-    prompt_end: int | torch.Tensor,
+def _pooled_future(
+    scores: torch.Tensor, future: torch.Tensor, rows: torch.Tensor, merge: Merge, n_groups: int, prompt_end: int
 ) -> torch.Tensor:
-    """``[H, R, p]``: per group, the sum over windows of the pooled future scores (``kind="kernel"``).
-
-    Broadcasts over leading batch dimensions: scores ``[..., H, R, L]`` with future ``[..., 1, R, L]``,
-    rows ``[R]`` or ``[..., 1, R]`` and ``prompt_end`` an int or long ``[..., 1, R]`` (per row) give
-    ``[..., H, R, p]``.
-    """
+    """``[H, R, p]``: per group, the sum over windows of the pooled future scores (``kind="kernel"``)."""
     length = scores.shape[-1]
     span = max(length - 1, 1)
     t = torch.arange(span, device=scores.device)
-    cols = rows[..., None] + 1 + t  # [..., R, T]
-    n = (prompt_end - 1 - rows).clamp(min=0)[..., None]  # [..., R, 1] future length n_i
+    cols = rows[:, None] + 1 + t[None, :]  # [R, T]
+    n = (prompt_end - 1 - rows).clamp(min=0)[:, None]  # [R, 1] future length n_i
     inside = t[None, :] < n
     idx = cols.clamp(max=length - 1)
-    f_mask = future.gather(-1, idx.expand(*future.shape[:-2], -1, -1)) & inside
-    f = torch.where(f_mask, scores.gather(-1, idx.expand(*scores.shape[:-2], -1, -1)), 0.0)  # [..., H, R, T]
+    f_mask = future.gather(-1, idx) & inside
+    f = torch.where(f_mask, scores.gather(-1, idx.expand(scores.shape[0], -1, -1)), 0.0)  # [H, R, T]
     k = merge.kernel
     if merge.pool == "max":
         padded = torch.nn.functional.pad(f.masked_fill(~inside, float("-inf")), (0, k - 1), value=float("-inf"))

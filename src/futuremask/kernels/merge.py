@@ -175,16 +175,14 @@ class _DenseRows(FutureRows):
     """:class:`FutureRows` over dense masks (the tensors given to :func:`merge_attention`)."""
 
     def __init__(self, future: torch.Tensor, base: torch.Tensor | None) -> None:
-        super().__init__(overlay=None, base=base, length=future.shape[-2], batch_size=future.shape[0])
+        super().__init__(overlay=None, base=base, length=future.shape[-2], batch_size=future.shape[0], on=future.device)
         object.__setattr__(self, "future", future)
 
     def rows(self, b: int, rows: torch.Tensor) -> torch.Tensor:
         return self.future[b, 0, rows, : self.length]
 
-    def whole(self) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = torch.arange(self.length, device=self.future.device)
-        base = (keys[None, :] <= keys[:, None])[None] if self.base is None else self.base[:, 0, :, : self.length]
-        return base.expand(self.batch_size, -1, -1), self.future[:, 0, :, : self.length]
+    def _future_of_every_row(self, base: torch.Tensor) -> torch.Tensor:
+        return self.future[:, 0, :, : self.length]
 
     def rows_with_future(self, b: int, device, chunk: int = 0) -> torch.Tensor:
         return self.future[b, 0, :, : self.length].any(-1).nonzero().flatten().to(device)

@@ -25,7 +25,7 @@ from functools import cached_property
 
 import torch
 
-from ..merge import Merge, lse_future, pooled_future
+from ..merge import Merge, lse_future
 from .common import expand_heads
 from .merge_fast import pool_windows, sink_correction, window_weights
 from .rows import FutureRows
@@ -101,12 +101,12 @@ class MergedRows:
         return MergedRows(pick(self.index), real, pick(self.attend), pick(self.future) & real[..., None],
                           pick(self.sinks), pick(self.ends))
 
-    def window_weight(self, merge: Merge, dtype: torch.dtype) -> torch.Tensor:
-        """``[B, 1, R, L]``: each window's weight in the row's bonus (``kind="kernel"``, one prefix position)."""
-        key = (merge.kernel, merge.pool, dtype)
+    def window_weights(self, merge: Merge, dtype: torch.dtype) -> torch.Tensor:
+        """``[p, B, 1, R, L]``: per prefix group, each window's weight in the row's bonus (``kind="kernel"``)."""
+        key = (merge.kernel, merge.pool, merge.prefix, dtype)
         if key not in self.memo:
             keys = torch.arange(self.future.shape[-1], device=self.future.device)
-            self.memo[key] = window_weights(keys, self.index[:, None], self.ends[:, None], merge, 1, dtype)[0]
+            self.memo[key] = window_weights(keys, self.index[:, None], self.ends[:, None], merge, merge.prefix, dtype)
         return self.memo[key]
 
     @cached_property
@@ -162,18 +162,17 @@ def merge_rows_dense(
     batch, heads, length, dim = q.shape
     where = chosen.index[:, None, :, None].expand(batch, heads, -1, dim)  # [B, H, R, D]
     scores = torch.matmul(q.gather(2, where).to(acc), k.to(acc).transpose(-1, -2)).mul_(scale)  # [B, H, R, L]
-    rows, future = chosen.index[:, None], chosen.future[:, None]  # [B, 1, R], [B, 1, R, L]
     if merge.kind == "kernel":
-        bonus = pooled_future(scores, future, rows, merge, merge.prefix, chosen.ends[:, None])  # [B, H, R, p]
+        bonus = _window_bonus(scores * chosen.on_future, chosen, merge)  # [B, H, R, p]
     else:
-        bonus = lse_future(scores, future, merge.prefix)
+        bonus = lse_future(scores, chosen.future[:, None], merge.prefix)
     logits = scores.masked_fill(~chosen.attend[:, None], float("-inf"))
     keys = torch.arange(length, device=q.device)
     for g in range(merge.prefix):
         sink = chosen.sinks[..., g]  # [B, R] (L: no such sink, so no column)
         at_sink = keys == sink[..., None]  # [B, R, L]
         take = at_sink & chosen.attend & ((sink <= chosen.index) & chosen.real)[..., None]
-        col = logits.masked_fill(~at_sink[:, None], 0.0).sum(-1, keepdim=True)  # [B, H, R, 1]: the sink logit
+        col = logits.gather(-1, sink.clamp(max=length - 1)[:, None, :, None].expand(-1, heads, -1, 1))  # the sink logit
         merged = col + bonus[..., g, None] if merge.kind == "kernel" else torch.logaddexp(col, bonus[..., g, None])
         logits = torch.where(take[:, None], merged, logits)
     weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a row with no key: zeros, as the definition
@@ -208,10 +207,8 @@ def merge_rows_corrected(
             qr, kf, kf, 0.0, False, attn_mask=chosen.future_bias.to(acc), scale=scale)  # [B, H, R]
         # (the mask in the queries' dtype: the CPU kernel misreads a float32 mask beside float64 queries)
     else:
-        f = torch.matmul(qr, kf.transpose(-1, -2)).mul_(scale).mul_(chosen.on_future)  # [B, H, R, L]
-        if merge.pool == "max":
-            f += chosen.past_end
-        bonus = pool_windows(f, merge).mul_(chosen.window_weight(merge, acc)).sum(-1)  # [B, H, R]
+        scores = torch.matmul(qr, kf.transpose(-1, -2)).mul_(scale)  # [B, H, R, L]
+        bonus = _window_bonus(scores.mul_(chosen.on_future), chosen, merge)[..., 0]  # [B, H, R]
     sink_scores = (qr * _pick(kf, sinks)).sum(-1, keepdim=True).mul_(scale)  # [B, H, R, 1]
     causal = _pick(out, at)
     merged, exact = sink_correction(causal, _pick(lse, at).to(acc), sink_scores, bonus[..., None],
@@ -222,6 +219,19 @@ def merge_rows_corrected(
     if exact.any():
         merge_rows_dense(q, k, v, out, chosen.subset(exact), merge, scale)
     return out
+
+
+def _window_bonus(f: torch.Tensor, chosen: MergedRows, merge: Merge) -> torch.Tensor:
+    """float ``[B, H, R, p]``: the rows' pooled windows summed per prefix group (``kind="kernel"``).
+
+    f: float ``[B, H, R, L]``, the rows' scaled scores on their future keys and 0 elsewhere (written over).
+    """
+    if merge.pool == "max":
+        f += chosen.past_end
+    pooled = pool_windows(f, merge)
+    *first, last = chosen.window_weights(merge, f.dtype)
+    # the last group weighs pooled in place: a fresh [B, H, R, L] tensor costs page faults here
+    return torch.stack([(pooled * w).sum(-1) for w in first] + [pooled.mul_(last).sum(-1)], -1)
 
 
 def _pick(x: torch.Tensor, at: torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,11 @@ class FutureRows:
             base = (keys[None, :] <= keys[:, None]).expand(self.batch_size, -1, -1)
         else:
             base = self.base[:, 0, :, : self.length].expand(self.batch_size, -1, -1)
-        return base, self.allowed(0, self.length)[..., : self.length] & ~base
+        return base, self._future_of_every_row(base)
+
+    def _future_of_every_row(self, base: torch.Tensor) -> torch.Tensor:
+        """bool ``[B, L, L]``: the future keys of every row, given their attended keys ``base``."""
+        return self.allowed(0, self.length)[..., : self.length] & ~base
 
     def rows_with_future(self, b: int, device: torch.device | str, chunk: int = 2**22) -> torch.Tensor:
         """long ``[n]``: the query positions of batch row ``b`` that have at least one future key.
