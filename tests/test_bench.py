@@ -23,6 +23,7 @@ from futuremask.bench.run import _MaskSpy, attended_pairs, variants
 from futuremask.cli import main
 from futuremask.kernels import blocked, sdpa
 from futuremask.layout import TokenLayout
+from futuremask.names import BENCH_POLICIES
 from futuremask.policies import policy_mask
 
 TINY = SyntheticSize(hidden=32, layers=2, heads=4, kv_heads=2, vocab=64, max_positions=1024)
@@ -452,6 +453,28 @@ def test_eval_throughput_sees_an_answer_that_batching_changes(monkeypatch):
     monkeypatch.setattr(runner, "generate_batch", batching_changes_the_last_answer)
     records = eval_throughput((1, 3), ("causal",), repeats=1, samples_per_task=3, max_new_tokens=2)
     assert [r["identical"] for r in records] == [True, False]
+
+
+@pytest.mark.parametrize("given, policies, merges", [
+    ([], ["causal", "future"], [None]),
+    # the prefill bench's own defaults, asked for by name, are measured as asked
+    (["--policy", *BENCH_POLICIES, "--merge", "none", "kernel"], list(BENCH_POLICIES),
+     [None, fm.Merge("kernel")]),
+    (["--policy", "mma", "--merge", "lse"], ["mma"], [fm.Merge("lse")]),
+])
+def test_cli_eval_throughput_measures_what_is_asked(monkeypatch, capsys, given, policies, merges):
+    from futuremask.bench import throughput
+
+    asked = []
+    monkeypatch.setattr(throughput, "eval_throughput", lambda sizes, policies, *, merges, repeats, clock:
+                        asked.append((list(sizes), policies, merges)) or [])
+    assert main(["bench", "--eval-throughput", "--repeats", "1", *given]) == 0
+    assert asked == [([1, 8], policies, merges)]
+
+
+def test_cli_eval_throughput_refuses_a_window_without_a_merge(capsys):
+    assert main(["bench", "--eval-throughput", "--kernel", "5"]) == 2
+    assert "no merge is asked for" in capsys.readouterr().err
 
 
 def test_cli_bench_measures_the_whole_merge(tmp_path, monkeypatch, capsys):

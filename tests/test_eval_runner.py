@@ -113,6 +113,26 @@ def test_batching_equals_batch_size_one(reference, model_and_processor, tasks, t
     assert _tree(tmp_path) == _tree(reference)
 
 
+def test_only_a_tasks_last_batch_is_short(reference, model_and_processor, tasks, tmp_path, monkeypatch):
+    """Batches are cut across image counts (ordered by count): ceil(n / batch size) generate calls a task, where
+    cutting each count apart leaves a short batch per count; the records are those of batch size 1."""
+    model, processor = model_and_processor
+    real = prompt_styles.chat_inputs
+    counts: list[list[int]] = []
+
+    def spy(processor, prompts):
+        counts.append([len(p.image_paths) for p in prompts])
+        return real(processor, prompts)
+
+    monkeypatch.setattr(prompt_styles, "chat_inputs", spy)
+    evaluate(model, processor, tasks, ["future"], tmp_path, _config(batch_size=4))
+    sizes = [len(t.samples) for t in tasks]
+    assert len(counts) == sum(-(-n // 4) for n in sizes)
+    assert any(len(set(c)) > 1 for c in counts)  # some batch holds two image counts
+    assert all(c == sorted(c) for c in counts)
+    assert _tree(tmp_path / "tiny__future") == _tree(reference / "tiny__future")
+
+
 def test_a_run_gives_the_processor_back_with_its_own_padding_side(reference, model_and_processor, tasks, tmp_path):
     """The runner pads its batches on the left, then restores the tokenizer's padding_side: a caller that pads on
     the right (training, scoring) must not find its processor switched to left padding by an evaluation."""

@@ -17,6 +17,11 @@ from .options import (
 
 _SIZE = SyntheticSize()
 
+BENCH_DEFAULTS = {"policy": BENCH_POLICIES, "merge": ("none", "kernel")}
+"""What ``--policy`` and ``--merge`` default to for the prefill/decode bench."""
+THROUGHPUT_DEFAULTS = {"policy": ("causal", "future"), "merge": ("none",)}
+"""What they default to with ``--eval-throughput`` (no merge, so a window option alone is refused there)."""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -43,10 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                help="tokens to decode, exactly this many (>= 2; default 16)")
     add_option(q, "--batch-size", "--batch", type=int, default=1, help="prompts per forward (default 1)")
     r = p.add_argument_group("run")
-    add_policy_option(r, default=BENCH_POLICIES, old=["--policies"],
-                      help=f"policies to measure (default: {' '.join(BENCH_POLICIES)})")
-    add_merge_options(r, several=True, default=["none", "kernel"],
-                      help="merge kinds to measure (none = the policy's mask itself; default: none kernel)")
+    add_policy_option(r, default=None, old=["--policies"],
+                      help=f"policies to measure (default: {' '.join(BENCH_POLICIES)}; "
+                           f"with --eval-throughput: {' '.join(THROUGHPUT_DEFAULTS['policy'])})")
+    add_merge_options(r, several=True,
+                      help=f"merge kinds to measure (none = the policy's mask itself; default: "
+                           f"{' '.join(BENCH_DEFAULTS['merge'])}; with --eval-throughput: "
+                           f"{' '.join(THROUGHPUT_DEFAULTS['merge'])})")
     r.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all variants")
     add_backend_option(r)
     add_option(r, "--no-attention-bench", "--no-kernel-bench", action="store_true",
@@ -94,6 +102,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_report)
 
 
+def _fill_defaults(args: argparse.Namespace) -> None:
+    """``--policy`` and ``--merge`` not given take the defaults of the mode (what is given is kept as given)."""
+    defaults = THROUGHPUT_DEFAULTS if args.eval_throughput is not None else BENCH_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, list(value))
+
+
 def _check_args(args: argparse.Namespace) -> None:
     """Every number, path and device of the command line, before a model is built or loaded."""
     from pathlib import Path
@@ -122,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench.report import table
     from ..checkpoint import resolve_device
 
+    _fill_defaults(args)
     _check_args(args)
     args.device = resolve_device(args.device)
     if args.eval_throughput is not None:
@@ -215,10 +232,8 @@ def _throughput(args: argparse.Namespace) -> int:
     if any(b < 1 for b in sizes):
         raise ValueError("--eval-throughput batch sizes must be >= 1")
     clock = args.clock if args.clock != "auto" else "cpu"
-    policies = list(dict.fromkeys(args.policy)) if args.policy != list(BENCH_POLICIES) else ["causal", "future"]
-    # the default kinds mean no merge here; a window then has nothing to shape and is refused
-    merges = merges_from_args(args, None if args.merge != ["none", "kernel"] else ["none"])
-    records = eval_throughput(sizes, policies, merges=merges, repeats=args.repeats, clock=clock)
+    records = eval_throughput(sizes, list(dict.fromkeys(args.policy)), merges=merges_from_args(args),
+                              repeats=args.repeats, clock=clock)
     print(throughput_table(records))
     _write(records, args.output)
     return 0

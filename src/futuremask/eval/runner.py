@@ -108,11 +108,14 @@ def generate_batch(model, processor, prompts: Sequence[Prompt], gen_kwargs: dict
 
 
 def _batches(prompts: list[Prompt], batch_size: int) -> list[list[Prompt]]:
-    """Group prompts by image count (the data order inside a group), then cut into batches."""
-    groups: dict[int, list[Prompt]] = {}
-    for p in prompts:
-        groups.setdefault(len(p.image_paths), []).append(p)
-    return [g[i:i + batch_size] for n in sorted(groups) for g in [groups[n]] for i in range(0, len(g), batch_size)]
+    """``prompts`` ordered by image count (the data order among equal counts), cut into batches.
+
+    A batch holds prompts of similar length (little padding), and only a task's last batch is short:
+    ``ceil(len(prompts) / batch_size)`` batches, where cutting each image count apart would leave a
+    short batch per count.
+    """
+    ordered = sorted(prompts, key=lambda p: len(p.image_paths))
+    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
 # --- runs ---------------------------------------------------------------------------------------------
