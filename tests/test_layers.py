@@ -101,6 +101,26 @@ def test_generate_is_scheduled_prefill_then_causal_decode(llava3, batch3, policy
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("policy, merge", [("future", None), ("mma", fm.Merge("kernel"))])
+def test_continuation_logprob_follows_the_schedule(llava3, batch3, policy, merge):
+    """Scored in one pass = the per-layer dense prefill, then the continuation decoded causally token by token."""
+    model, _ = llava3
+    cont = torch.tensor([[9, 12, 30], [14, 14, 8]])
+    with PerLayerDense(model, batch3, lambda i: "causal" if i == 0 else policy, merge=merge):
+        out = _logits(model, batch3, use_cache=True)
+    attn, want = batch3["attention_mask"], torch.zeros(len(cont))
+    for t in range(cont.shape[1]):
+        token = cont[:, t : t + 1]
+        want += torch.log_softmax(out.logits[:, -1].float(), -1).gather(-1, token).squeeze(-1)
+        attn = torch.cat([attn, torch.ones_like(token)], dim=1)
+        out = _logits(model, {"input_ids": token, "attention_mask": attn}, past_key_values=out.past_key_values,
+                      use_cache=True)
+    got = fm.continuation_logprob(model, batch3, cont, policy=policy, merge=merge, layers="1-2")
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    every_layer = fm.continuation_logprob(model, batch3, cont, policy=policy, merge=merge)
+    assert (got - every_layer).abs().max() > 1e-3  # layer 0 causal: the schedule reached the scoring pass
+
+
 @pytest.mark.parametrize("layers", ["all", None, range(LAYERS), [2, 0, 1, 1]])
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
 def test_a_schedule_of_every_layer_is_the_plain_policy_bit_for_bit(llava3, batch3, layers, backend):

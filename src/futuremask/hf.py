@@ -383,6 +383,7 @@ def continuation_logprob(
     policy: str = "causal",
     merge: Merge | str | None = None,
     backend: str = "auto",
+    layers: LayerSpec = None,
 ) -> torch.Tensor:
     """Sum of log-probabilities of ``continuation_ids`` after the prompt in ``inputs``, in one forward pass.
 
@@ -393,7 +394,8 @@ def continuation_logprob(
         model: a transformers VLM.
         inputs: the processor's output for the prompts (``input_ids [B, Lp]``, ``attention_mask``, pixels, ...).
         continuation_ids: long ``[B, Lc]`` or ``[Lc]``, or a list of token lists of any lengths.
-        policy, merge, backend: as for :func:`apply`.
+        policy, merge, backend, layers: as for :func:`apply` (``layers``: the policy on these text layers
+            only, causal on the others).
 
     Returns:
         float32 ``[B]``.
@@ -401,7 +403,7 @@ def continuation_logprob(
     if getattr(model, "_futuremask", None) is not None:
         raise RuntimeError(
             "continuation_logprob applies the policy itself; call it outside `with futuremask.apply(...)` "
-            "(or remove() the handle first) and pass policy=/merge= here"
+            "(or remove() the handle first) and pass policy=/merge=/layers= here"
         )
     input_ids = inputs["input_ids"]
     batch_size, prompt_len = input_ids.shape
@@ -410,7 +412,7 @@ def continuation_logprob(
     if cont.shape[1] == 0:
         raise ValueError("continuation_ids is empty: there is nothing to score")
     call = with_continuation(left_aligned(inputs), cont, keep)
-    with apply(model, policy, merge=merge, backend=backend), torch.no_grad():
+    with apply(model, policy, merge=merge, backend=backend, layers=layers), torch.no_grad():
         logits = model(**call, use_cache=False).logits
     logp = torch.log_softmax(logits[:, prompt_len - 1 : -1].float(), dim=-1)
     token_logp = logp.gather(-1, cont[..., None]).squeeze(-1)
