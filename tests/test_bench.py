@@ -430,11 +430,16 @@ def test_against_dense_mask_records(tiny):
 def test_eval_throughput_compares_predictions_across_batch_sizes():
     from futuremask.bench.throughput import eval_throughput
 
-    records = eval_throughput((1, 3), ("future",), merges=(None, "lse"), repeats=2, samples_per_task=3,
+    records = eval_throughput((1, 3), ("causal", "future"), merges=(None, "lse"), repeats=2, samples_per_task=3,
                               max_new_tokens=3)
-    assert [(r["variant"], r["batch_size"]) for r in records] == [("future", 1), ("future", 3),
-                                                                   ("future+lse", 1), ("future+lse", 3)]
-    assert json.loads(json.dumps(records)) == records and [r["merge"] for r in records] == [None, None, "lse", "lse"]
+    assert [(r["variant"], r["batch_size"]) for r in records] == [("causal", 1), ("causal", 3), ("future", 1),
+                                                                   ("future", 3), ("future+lse", 1), ("future+lse", 3)]
+    assert json.loads(json.dumps(records)) == records
+    assert [r["merge"] for r in records] == [None, None, None, None, "lse", "lse"]
+    causal = {r["batch_size"]: r["speedup"] for r in records if r["variant"] == "causal"}
+    for r in records:  # each variant's ratio as a share of the stock model's own
+        assert r["of_causal"] == pytest.approx(r["speedup"] / causal[r["batch_size"]])
+    assert records[1]["of_causal"] == 1.0
     assert all(r["identical"] for r in records)  # batching changes no answer
     assert records[0]["speedup"] == 1.0 and records[1]["samples"] == records[0]["samples"] > 0
     assert all(r["seconds_min"] <= r["seconds"] <= r["seconds_max"] for r in records)
@@ -451,8 +456,9 @@ def test_eval_throughput_sees_an_answer_that_batching_changes(monkeypatch):
         return answers[:-1] + [answers[-1] + " x"] if len(prompts) > 1 else answers
 
     monkeypatch.setattr(runner, "generate_batch", batching_changes_the_last_answer)
-    records = eval_throughput((1, 3), ("causal",), repeats=1, samples_per_task=3, max_new_tokens=2)
+    records = eval_throughput((1, 3), ("future",), repeats=1, samples_per_task=3, max_new_tokens=2)
     assert [r["identical"] for r in records] == [True, False]
+    assert [r["of_causal"] for r in records] == [None, None]  # no stock model measured to compare with
 
 
 @pytest.mark.parametrize("given, policies, merges", [

@@ -12,7 +12,7 @@ import torch
 from transformers import LlavaConfig
 
 import futuremask as fm
-from futuremask.integrations.vllm.prefill import PromptPass, attend, plan_step, window_size
+from futuremask.integrations.vllm.prefill import PromptRows, attend, plan_step, window_size
 from futuremask.layout import TokenLayout
 
 IMAGE = 7
@@ -30,10 +30,10 @@ def rows():
             torch.randn(L, HKV, D, generator=g, dtype=torch.float64))
 
 
-def prompt_pass() -> PromptPass:
+def prompt_pass() -> PromptRows:
     prompt = (torch.arange(L) < PROMPT_LEN)[None]
     modality = (VISUAL & prompt[0]).long()[None]
-    return PromptPass(0, L, TokenLayout(valid=torch.ones_like(prompt), modality=modality, prompt=prompt))
+    return PromptRows(0, L, TokenLayout(valid=torch.ones_like(prompt), modality=modality, prompt=prompt))
 
 
 def as_bhld(t):

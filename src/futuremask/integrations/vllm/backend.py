@@ -39,7 +39,7 @@ def runner_for(vllm_config: Any, policy: str) -> Any:
 
 
 class FutureMaskMetadataBuilder:
-    """Mixin before a stock builder: adds ``futuremask_prompts`` (list of :class:`~.prefill.PromptPass`).
+    """Mixin before a stock builder: adds ``futuremask_prompts`` (list of :class:`~.prefill.PromptRows`).
 
     It reads only what every platform's V1 runner has: ``CommonAttentionMetadata.query_start_loc_cpu``,
     ``seq_lens`` and ``num_reqs``, and the runner's ``input_batch.token_ids_cpu_tensor`` /

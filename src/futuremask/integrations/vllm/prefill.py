@@ -51,7 +51,7 @@ def window_mod(layout: TokenLayout, window: int) -> MaskMod:
 
 
 @dataclass
-class PromptPass:
+class PromptRows:
     """Rows ``start:stop`` of the step's flat batch: one request's prompt from position 0.
 
     ``layout`` is ``[1, stop - start]``, on the device of the step's tensors (its masks are made there).
@@ -87,7 +87,7 @@ def plan_step(
     query_start: torch.Tensor,
     seq_lens: torch.Tensor,
     device: torch.device | str = "cpu",
-) -> list[PromptPass]:
+) -> list[PromptRows]:
     """The whole-prompt passes of a step whose prompt the policy changes.
 
     Args:
@@ -115,7 +115,7 @@ def plan_step(
         modality[:, :prompt_len] = modality_from_ids(token_ids[r : r + 1, :prompt_len].long(), config)
         prompt = torch.arange(total)[None] < prompt_len
         layout = TokenLayout(valid=torch.ones_like(prompt), modality=modality, prompt=prompt)
-        if not dense_mask(PromptPass(0, total, layout).future(policy), 1, prompt_len, prompt_len).any():
+        if not dense_mask(PromptRows(0, total, layout).future(policy), 1, prompt_len, prompt_len).any():
             continue  # no future pair in this prompt (e.g. no image): the stock causal result is exact
         if computed > 0 or length < prompt_len:
             raise PromptSplitError(
@@ -124,12 +124,12 @@ def plan_step(
                 "(chunked prefill, a prefix-cache hit or a partial recompute). Start the engine with "
                 "futuremask.integrations.vllm.engine_kwargs(policy)."
             )
-        passes.append(PromptPass(start, stop, layout.to(device)))
+        passes.append(PromptRows(start, stop, layout.to(device)))
     return passes
 
 
 def attend(
-    prompt: PromptPass,
+    prompt: PromptRows,
     policy: Policy,
     merge: Merge | None,
     q: torch.Tensor,
