@@ -40,6 +40,7 @@ class Config:
     simple: bool = False
     merge: str = "none"
     batch_size: int = 1
+    layers: str | None = None  # as given in --model_args (ranges joined with +)
 
 
 def configs(tiny_dir: str) -> list[Config]:
@@ -47,6 +48,7 @@ def configs(tiny_dir: str) -> list[Config]:
         Config("chat_future_b1", DEMO, "future", ("fm_gen",), batch_size=1),
         Config("chat_future_b4", DEMO, "future", ("fm_gen",), batch_size=4),
         Config("simple_mma_b4", DEMO, "mma", ("fm_gen", "fm_mc"), simple=True, batch_size=4),
+        Config("simple_mma_layers_b4", DEMO, "mma", ("fm_gen", "fm_mc"), simple=True, batch_size=4, layers="0+2-3"),
         Config("simple_v2v_kernel_b3", tiny_dir, "future_v2v", ("fm_gen", "fm_mc"), simple=True, merge="kernel",
                batch_size=3),
         Config("chat_bad_policy", DEMO, "nonsense", ("fm_gen",)),
@@ -78,6 +80,7 @@ class Launch:
 
 def _entry(config: Config, root: Path) -> dict:
     model_args = f"pretrained={config.pretrained},policy={config.policy},merge={config.merge}"
+    model_args += f",layers={config.layers}" if config.layers else ""
     entry = {"model": "futuremask", "model_args": model_args, "tasks": ",".join(config.tasks),
              "include_path": str(root / "task"), "log_samples": True, "output_path": str(root / "out" / config.name),
              "batch_size": config.batch_size}  # lmms-eval's own --batch_size, folded into the model args

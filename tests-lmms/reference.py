@@ -32,11 +32,18 @@ def inputs(processor, doc: dict, interleaved: bool) -> dict:
     return processor(images=images, text=[text], return_tensors="pt")
 
 
-def raw_answer(path: str, policy: str, merge: str, doc: dict, interleaved: bool, max_new_tokens: int) -> str:
-    """Greedy answer under ``policy`` / ``merge``, before any stop string is applied."""
+def schedule(layers: str | None) -> str | None:
+    """A ``layers=`` model argument (ranges joined with ``+``) in fm.apply's syntax."""
+    return None if layers is None else layers.replace("+", ",")
+
+
+def raw_answer(path: str, policy: str, merge: str, doc: dict, interleaved: bool, max_new_tokens: int,
+               layers: str | None = None) -> str:
+    """Greedy answer under ``policy`` / ``merge`` (on the ``layers`` given as a model argument), before any stop
+    string is applied."""
     model, processor = load(path)
     batch = inputs(processor, doc, interleaved)
-    with fm.apply(model, policy, merge=merge), torch.no_grad():
+    with fm.apply(model, policy, merge=merge, layers=schedule(layers)), torch.no_grad():
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0]
 
@@ -48,12 +55,13 @@ def cut(text: str, until: list[str]) -> str:
     return text
 
 
-def choice_scores(path: str, policy: str, merge: str, doc: dict, choices: list[str]) -> list[tuple[float, bool]]:
+def choice_scores(path: str, policy: str, merge: str, doc: dict, choices: list[str],
+                  layers: str | None = None) -> list[tuple[float, bool]]:
     """``(log p(" choice" | prompt), whether greedy decoding says it)`` per one-word choice."""
     model, processor = load(path)
     batch = inputs(processor, doc, interleaved=False)
     ids = [processor.tokenizer.convert_tokens_to_ids(c) for c in choices]
-    with fm.apply(model, policy, merge=merge), torch.no_grad():
+    with fm.apply(model, policy, merge=merge, layers=schedule(layers)), torch.no_grad():
         first = model.generate(**batch, max_new_tokens=1, do_sample=False)[0, -1].item()
-    return [(fm.continuation_logprob(model, batch, [[i]], policy=policy, merge=merge).item(), i == first)
-            for i in ids]
+    return [(fm.continuation_logprob(model, batch, [[i]], policy=policy, merge=merge, layers=schedule(layers)).item(),
+             i == first) for i in ids]

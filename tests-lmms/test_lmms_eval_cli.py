@@ -6,8 +6,8 @@ import localtask
 import pytest
 import reference
 
-GENERATING = ("chat_future_b1", "chat_future_b4", "simple_mma_b4", "simple_v2v_kernel_b3")
-SCORING = ("simple_mma_b4", "simple_v2v_kernel_b3")
+GENERATING = ("chat_future_b1", "chat_future_b4", "simple_mma_b4", "simple_mma_layers_b4", "simple_v2v_kernel_b3")
+SCORING = ("simple_mma_b4", "simple_mma_layers_b4", "simple_v2v_kernel_b3")
 UNTIL = localtask.GEN_KWARGS["until"]
 MAX_NEW = localtask.GEN_KWARGS["max_new_tokens"]
 
@@ -29,7 +29,8 @@ def test_generation_equals_apply_generate_each_doc_alone(launch, name):
     samples = launch.samples(name, "fm_gen")
     assert sorted(samples) == [d["id"] for d in launch.docs]
     for doc in launch.docs:
-        raw = reference.raw_answer(config.pretrained, config.policy, config.merge, doc, not config.simple, MAX_NEW)
+        raw = reference.raw_answer(config.pretrained, config.policy, config.merge, doc, not config.simple, MAX_NEW,
+                                   config.layers)
         # lmms-eval strips answers before it logs them
         assert _answer(samples[doc["id"]]) == reference.cut(raw, UNTIL).strip(), (name, doc["id"], raw)
 
@@ -60,18 +61,22 @@ def test_the_policy_reaches_generation(launch):
 @pytest.mark.parametrize("name", SCORING)
 def test_multiple_choice_losses_are_minus_continuation_logprob(launch, name):
     """Each choice's logged value is -fm.continuation_logprob (lmms-eval 0.7.3 ranks choices by argmin),
-    its greedy flag is greedy decoding under the policy, and the policy changes the scores."""
+    its greedy flag is greedy decoding under the policy, and the policy (and a layer schedule) changes the scores."""
     config = launch.configs[name]
     samples = launch.samples(name, "fm_mc")
-    policy_matters = False
+    policy_matters = schedule_matters = False
     for doc in launch.docs:
         logged = [(float(loss), greedy in (True, "True")) for loss, greedy in samples[doc["id"]]["filtered_resps"]]
-        expected = reference.choice_scores(config.pretrained, config.policy, config.merge, doc, localtask.CHOICES)
+        expected = reference.choice_scores(config.pretrained, config.policy, config.merge, doc, localtask.CHOICES,
+                                           config.layers)
         causal = reference.choice_scores(config.pretrained, "causal", "none", doc, localtask.CHOICES)
+        every_layer = reference.choice_scores(config.pretrained, config.policy, config.merge, doc, localtask.CHOICES)
         assert [g for _, g in logged] == [g for _, g in expected], (name, doc["id"])
         assert [loss for loss, _ in logged] == pytest.approx([-lp for lp, _ in expected], abs=1e-4), (name, doc["id"])
         policy_matters |= any(abs(a[0] - b[0]) > 1e-3 for a, b in zip(expected, causal, strict=True))
+        schedule_matters |= any(abs(a[0] - b[0]) > 1e-3 for a, b in zip(expected, every_layer, strict=True))
     assert policy_matters
+    assert schedule_matters == (config.layers is not None)
 
 
 def test_multiple_choice_accuracy_is_that_of_the_most_likely_choice(launch):

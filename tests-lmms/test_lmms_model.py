@@ -28,6 +28,7 @@ def test_the_entry_point_registers_both_classes():
     ("pretrained=/nowhere,batch_size=0", {}, "batch_size must be an integer >= 1"),
     ("pretrained=/nowhere,dtype=fp8", {}, "unknown dtype 'fp8'"),
     ("pretrained=/nowhere,backend=flash", {}, "unknown backend 'flash'"),
+    ("pretrained=/nowhere,layers=0-x", {}, "join several ranges with + (layers=0-7+12)"),
     ("policy=future", {}, "needs pretrained=ID_OR_PATH"),
     ("pretrained=/nowhere,batch_size=4", {"batch_size": "2"}, "batch_size is 4 in --model_args but '2'"),
     ("pretrained=/nowhere", {"batch_size": "auto"}, "--batch_size auto is not supported"),
@@ -44,6 +45,14 @@ def test_model_args_accept_aliases_merge_settings_and_lmms_eval_defaults():
         {"batch_size": 1, "device": None, "max_batch_size": None}))
     assert (args.policy, args.merge, args.batch_size) == ("causal", fm.Merge("kernel", kernel=5, pool="mean"), 1)
     assert options.parse(options.combine({"pretrained": "x"}, {"batch_size": "3"})).batch_size == 3
+    # lmms-eval turns a bare number into an int; + joins ranges (commas cut --model_args)
+    assert [options.parse({"pretrained": "x", "layers": v}).layers for v in (2, "3+0-2", "all", None)] == [
+        "2", "0-3", None, None]
+
+
+def test_a_schedule_beyond_the_models_layers_is_refused_before_any_request():
+    with pytest.raises(ValueError, match=r"futuremask: layers \[4, 5\] do not exist.*model_args layers="):
+        FutureMaskChat.create_from_arg_string(f"pretrained={DEMO},policy=mma,layers=2-5")
 
 
 def test_generation_settings():

@@ -56,6 +56,14 @@ def resolve_layers(spec: LayerSpec, num_layers: int) -> frozenset[int] | None:
     return None if len(layers) == num_layers else layers
 
 
+def check_layers(model, spec: LayerSpec) -> None:
+    """Refuse a schedule naming layers that ``model``'s text decoder does not have (``ValueError``), before
+    any work starts; ``model`` is a transformers model (its config is read, nothing runs)."""
+    from .layout import text_config
+
+    resolve_layers(spec, int(text_config(model.config).num_hidden_layers))
+
+
 def normalize_layers(text: str | None) -> str | None:
     """A schedule string in its compact form (``"3,0-2"`` -> ``"0-3"``); None for ``None`` or ``"all"``.
 
@@ -82,4 +90,4 @@ def describe_layers(layers: Iterable[int] | None) -> str:
     return ",".join(parts)
 
 
-__all__ = ["LayerSpec", "describe_layers", "normalize_layers", "parse_layers", "resolve_layers"]
+__all__ = ["LayerSpec", "check_layers", "describe_layers", "normalize_layers", "parse_layers", "resolve_layers"]

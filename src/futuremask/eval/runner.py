@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..io import FolderLock, read_json, write_json_atomic
+from ..layers import check_layers
 from ..layout import text_config
 from ..merge import Merge
 from ..merge_spec import merge_label, merge_spec
@@ -386,14 +387,6 @@ def run_layers(policy: str, layers: str | None) -> str | None:
     return None if get_policy(policy).is_causal else normalize_layers(layers)
 
 
-def _check_layers(model, layers: str | None) -> None:
-    """Refuse a schedule naming layers the model does not have, before any run folder is written."""
-    from ..layers import resolve_layers
-
-    text = text_config(model.config)
-    resolve_layers(layers, int(text.num_hidden_layers))
-
-
 def run_dirs(output_dir: str | os.PathLike, config: RunConfig, policies: Sequence[str]) -> list[Path]:
     """The run folder of each policy: ``<output_dir>/<run_name>``."""
     return [Path(output_dir) / run_name(config.model, policy, config.merge, run_layers(policy, config.layers))
@@ -453,10 +446,10 @@ def evaluate(
     import futuremask as fm
 
     if claim is None:
-        _check_layers(model, config.layers)
+        check_layers(model, config.layers)
         with RunClaim(output_dir, config, policies, tasks) as own:
             return evaluate(model, processor, tasks, policies, output_dir, config, own)
-    _check_layers(model, config.layers)
+    check_layers(model, config.layers)
     runs = []
     resolved = replace(config, max_context_len=context_len(model.config, config))
     for policy, run_dir in zip(policies, claim.dirs, strict=True):

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ...checkpoint import load_checkpoint
 from ...eval.prompt_styles import batch_inputs
 from ...hf import apply, continuation_logprob
+from ...layers import check_layers
 from . import messages as msg
 from . import options
 
@@ -70,6 +71,10 @@ class _FutureMask(lmms):
                              "accelerate/torchrun (WORLD_SIZE > 1)")
         self.model, self.processor = load_checkpoint(self.args.pretrained, dtype=self.args.dtype,
                                                      device=self.args.device)
+        try:
+            check_layers(self.model, self.args.layers)
+        except ValueError as err:
+            raise ValueError(f"futuremask: {err} (model_args layers=)") from err
         self.batch_size = self.args.batch_size
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
 
@@ -83,7 +88,8 @@ class _FutureMask(lmms):
         return next(self.model.parameters()).device
 
     def _apply(self):
-        return apply(self.model, self.args.policy, merge=self.args.merge, backend=self.args.backend)
+        return apply(self.model, self.args.policy, merge=self.args.merge, backend=self.args.backend,
+                     layers=self.args.layers)
 
     def _batches(self, keys: Sequence[Any]) -> list[list[int]]:
         """Indices grouped by ``keys`` (first-seen order), cut into batches of ``batch_size``."""
@@ -134,7 +140,7 @@ class _FutureMask(lmms):
             texts, images = [rendered[i][0] for i in batch], [rendered[i][1] for i in batch]
             inputs = batch_inputs(self.model, self.processor, texts, images)
             logprobs = continuation_logprob(self.model, inputs, [conts[i] for i in batch], policy=self.args.policy,
-                                            merge=self.args.merge, backend=self.args.backend)
+                                            merge=self.args.merge, backend=self.args.backend, layers=self.args.layers)
             greedy = self._greedy(batch, texts, images, conts, prompt_keys)
             for i, lp in zip(batch, logprobs.tolist(), strict=True):
                 results[i] = Scored(-lp, greedy[i])

@@ -1,7 +1,9 @@
 """The ``--model_args`` of the lmms-eval model, checked before any weight is loaded (no lmms-eval import).
 
 ``pretrained=ID_OR_PATH,policy=NAME,merge=none|kernel|lse,batch_size=N,dtype=...,device=...,backend=...``
-plus the merge's settings ``merge_kernel=K,merge_pool=max|mean,merge_prefix=P``. Policy aliases
+plus the merge's settings ``merge_kernel=K,merge_pool=max|mean,merge_prefix=P`` and a per-layer schedule
+``layers=0-15`` (lmms-eval cuts ``--model_args`` at commas, so several ranges are joined with ``+``:
+``layers=0-7+12``). Policy aliases
 (``original``, ``aki``, ...) are accepted; an unknown key or value is a ``ValueError`` naming the fix.
 """
 
@@ -12,11 +14,12 @@ from typing import Any
 
 from ...checkpoint import DTYPES
 from ...hf import BACKENDS
+from ...layers import normalize_layers
 from ...merge import Merge
 from ...policies import get_policy
 
-KEYS = ("pretrained", "policy", "merge", "merge_kernel", "merge_pool", "merge_prefix", "batch_size", "dtype",
-        "device", "backend")
+KEYS = ("pretrained", "policy", "merge", "merge_kernel", "merge_pool", "merge_prefix", "layers", "batch_size",
+        "dtype", "device", "backend")
 _MERGE_SETTINGS = {"merge_kernel": "kernel", "merge_pool": "pool", "merge_prefix": "prefix"}
 # lmms-eval passes these from its own command line (--batch_size, --device, --max_batch_size).
 _CLI_DEFAULTS = {"batch_size": (None, 1, "1"), "device": (None,), "max_batch_size": (None,)}
@@ -33,6 +36,7 @@ class ModelArgs:
     dtype: str = "float32"
     device: str | None = None
     backend: str = "auto"
+    layers: str | None = None  # a schedule in fm.apply's syntax ("0-7,12"), None for every layer
 
 
 def combine(model_args: dict[str, Any], cli: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +77,17 @@ def _merge(kind: Any, settings: dict[str, Any]) -> Merge | None:
         raise ValueError(f"futuremask: {err} (merge=none|kernel|lse)") from err
 
 
+def _layers(value: Any) -> str | None:
+    """``layers=`` in fm.apply's syntax (``+`` joins ranges, as commas cannot); None when not given."""
+    if value is None:
+        return None
+    text = str(value).replace("+", ",")
+    try:
+        return normalize_layers(text)
+    except ValueError as err:
+        raise ValueError(f"futuremask: {err}; in --model_args join several ranges with + (layers=0-7+12)") from err
+
+
 def parse(kwargs: dict[str, Any]) -> ModelArgs:
     """Check the model arguments (after :func:`combine`) and return them; raises ``ValueError``."""
     unknown = sorted(set(kwargs) - set(KEYS))
@@ -100,6 +115,7 @@ def parse(kwargs: dict[str, Any]) -> ModelArgs:
         dtype=dtype,
         device=None if device is None else str(device),
         backend=backend,
+        layers=_layers(kwargs.get("layers")),
     )
 
 
