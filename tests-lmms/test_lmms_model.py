@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import reference
 import torch
@@ -53,6 +55,13 @@ def test_model_args_accept_aliases_merge_settings_and_lmms_eval_defaults():
 def test_a_schedule_beyond_the_models_layers_is_refused_before_any_request():
     with pytest.raises(ValueError, match=r"futuremask: layers \[4, 5\] do not exist.*model_args layers="):
         FutureMaskChat.create_from_arg_string(f"pretrained={DEMO},policy=mma,layers=2-5")
+
+
+def test_batches_share_gen_kwargs_and_cut_across_image_counts():
+    """A batch holds one gen_kwargs group, ordered by image count: only each group's last batch is short."""
+    lm = SimpleNamespace(batch_size=2)
+    assert FutureMaskChat._batches(lm, ["a", "b", "a", "a", "b", "a"], [2, 1, 1, 2, 2, 1]) == [[2, 5], [0, 3], [1, 4]]
+    assert FutureMaskChat._batches(lm, [None] * 5, [1, 2, 1, 2, 1]) == [[0, 2], [4, 1], [3]]
 
 
 def test_generation_settings():

@@ -91,13 +91,18 @@ class _FutureMask(lmms):
         return apply(self.model, self.args.policy, merge=self.args.merge, backend=self.args.backend,
                      layers=self.args.layers)
 
-    def _batches(self, keys: Sequence[Any]) -> list[list[int]]:
-        """Indices grouped by ``keys`` (first-seen order), cut into batches of ``batch_size``."""
-        groups: dict[Any, list[int]] = {}
-        for i, key in enumerate(keys):
-            groups.setdefault(key, []).append(i)
-        size = self.batch_size
-        return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+    def _batches(self, groups: Sequence[Any], image_counts: Sequence[int]) -> list[list[int]]:
+        """Indices grouped by ``groups`` (first-seen order: a batch shares its group), each group ordered by
+        ``image_counts`` (request order among equal counts) and cut into batches of ``batch_size``, so only a
+        group's last batch is short."""
+        members: dict[Any, list[int]] = {}
+        for i, key in enumerate(groups):
+            members.setdefault(key, []).append(i)
+        size, out = self.batch_size, []
+        for group in members.values():
+            ordered = sorted(group, key=lambda i: image_counts[i])
+            out += [ordered[i:i + size] for i in range(0, len(ordered), size)]
+        return out
 
     def _doc(self, task: str, split: str, doc_id: int) -> dict:
         return self.task_dict[task][split][doc_id]
@@ -107,10 +112,9 @@ class _FutureMask(lmms):
     def _generate(self, chats: Sequence[Sequence[dict]], gen_kwargs: Sequence[dict]) -> list[str]:
         """Answers to ``chats`` (lmms-eval messages), each with its task's ``gen_kwargs``, in order."""
         rendered = [msg.render(self.processor, c) for c in chats]
-        keys = [(repr(sorted(g.items())), len(images)) for g, (_, images) in zip(gen_kwargs, rendered, strict=True)]
         answers: list[str] = [""] * len(chats)
         bar = tqdm(total=len(chats), desc="futuremask generate", disable=self.rank != 0)
-        for batch in self._batches(keys):
+        for batch in self._batches([repr(sorted(g.items())) for g in gen_kwargs], [len(im) for _, im in rendered]):
             kwargs, until = msg.generation(gen_kwargs[batch[0]])
             inputs = batch_inputs(self.model, self.processor, [rendered[i][0] for i in batch],
                                   [rendered[i][1] for i in batch])
@@ -136,7 +140,7 @@ class _FutureMask(lmms):
         conts = [msg.continuation_ids(self.tokenizer, text, c) for (text, _), c in zip(rendered, continuations, strict=True)]
         results: list[Scored | None] = [None] * len(chats)
         bar = tqdm(total=len(chats), desc="futuremask loglikelihood", disable=self.rank != 0)
-        for batch in self._batches([len(images) for _, images in rendered]):
+        for batch in self._batches([None] * len(rendered), [len(images) for _, images in rendered]):
             texts, images = [rendered[i][0] for i in batch], [rendered[i][1] for i in batch]
             inputs = batch_inputs(self.model, self.processor, texts, images)
             logprobs = continuation_logprob(self.model, inputs, [conts[i] for i in batch], policy=self.args.policy,
