@@ -104,25 +104,22 @@ def eval_throughput(
                 identical[(v, bs)] &= len(preds) == total and preds == reference[v]
     records = []
     causal = next((v for v in runs if v.policy == "causal" and v.merge is None), None)
+    medians = {cell: statistics.median(times) for cell, times in seconds.items()}
+
+    def speedup(v: Variant, bs: int) -> float:
+        return medians[(v, batch_sizes[0])] / medians[(v, bs)]
+
     for v, bs in cells:
-        first = seconds[(v, batch_sizes[0])]
-        rounds = [a / b for a, b in zip(first, seconds[(v, bs)], strict=True)]
-        median = statistics.median(seconds[(v, bs)])
-        speedup = _speedup(seconds, v, bs, batch_sizes[0])
+        rounds = [a / b for a, b in zip(seconds[(v, batch_sizes[0])], seconds[(v, bs)], strict=True)]
         records.append({
             "policy": v.policy, "merge": merge_spec(v.merge), "variant": v.label, "batch_size": bs, "samples": total,
-            "seconds": median, "seconds_min": min(seconds[(v, bs)]), "seconds_max": max(seconds[(v, bs)]),
-            "wall_s": statistics.median(wall[(v, bs)]), "samples_per_s": total / median,
-            "speedup": speedup, "speedup_min": min(rounds), "speedup_max": max(rounds),
-            "of_causal": None if causal is None else speedup / _speedup(seconds, causal, bs, batch_sizes[0]),
+            "seconds": medians[(v, bs)], "seconds_min": min(seconds[(v, bs)]), "seconds_max": max(seconds[(v, bs)]),
+            "wall_s": statistics.median(wall[(v, bs)]), "samples_per_s": total / medians[(v, bs)],
+            "speedup": speedup(v, bs), "speedup_min": min(rounds), "speedup_max": max(rounds),
+            "of_causal": None if causal is None else speedup(v, bs) / speedup(causal, bs),
             "identical": identical[(v, bs)], "repeats": repeats, "clock": clock, "threads": torch.get_num_threads(),
         })
     return records
-
-
-def _speedup(seconds: dict[tuple[Variant, int], list[float]], v: Variant, bs: int, first: int) -> float:
-    """Median seconds at batch size ``first`` over median seconds at ``bs``, for variant ``v``."""
-    return statistics.median(seconds[(v, first)]) / statistics.median(seconds[(v, bs)])
 
 
 def throughput_table(records: list[dict]) -> str:

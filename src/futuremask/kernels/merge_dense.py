@@ -38,7 +38,7 @@ def fits_dense(q: torch.Tensor, limit: int) -> bool:
     """Whether the float scores of ``q [B, H, L, D]`` against its ``L`` keys fit both ``limit`` and
     :data:`DENSE_BYTES` (read at call time)."""
     acc = torch.promote_types(q.dtype, torch.float32)
-    size = q.shape[0] * q.shape[1] * q.shape[2] ** 2 * torch.empty((), dtype=acc).element_size()
+    size = q.shape[0] * q.shape[1] * q.shape[2] ** 2 * acc.itemsize
     return size <= min(limit, DENSE_BYTES)
 
 
