@@ -70,6 +70,48 @@ def test_deepcopy_under_a_handle_is_a_plain_model(llava, prompts):
         pass
 
 
+@pytest.mark.parametrize("settings", [{"layers": "0"}, {"merge": "lse", "layers": [1]}], ids=["layers", "merge"])
+def test_deepcopy_keeps_the_originals_schedule_and_merge(llava, prompts, settings):
+    """Paired with the old copy, which re-applied the policy without its layers: every layer changed."""
+    model, processor = llava
+    batch = encode(processor, [prompts["two_images"][0]], [2])
+    with fm.apply(model, "future", **settings) as handle, torch.no_grad():
+        before, shown = model(**batch).logits, repr(handle)
+        hooks = list(model._forward_pre_hooks)
+        twin = copy.deepcopy(model)
+        after = model(**batch).logits
+        assert repr(handle) == shown and list(model._forward_pre_hooks) == hooks and model._futuremask is handle
+        plain = twin(**batch).logits
+    with torch.no_grad():
+        stock = model(**batch).logits
+    assert torch.equal(after, before) and not torch.equal(before, stock)
+    assert torch.equal(plain, stock) and not hasattr(twin, "_futuremask")
+
+
+def test_deepcopy_of_a_peft_wrapper_is_a_plain_wrapper(llava, prompts):
+    """The copy of a PeftModel under a handle is a PeftModel (not its base model) without the policy;
+    the original wrapper keeps its hooks, its guard and its policy."""
+    peft = pytest.importorskip("peft")
+    from futuremask.tiny import tiny_llava
+
+    base, processor = tiny_llava(seed=0)
+    wrapper = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["q_proj"], lora_dropout=0.0))
+    batch = encode(processor, [prompts["two_images"][0]], [2])
+    with fm.apply(wrapper, "mma") as handle, torch.no_grad():
+        before = wrapper(**batch).logits
+        twin = copy.deepcopy(wrapper)
+        assert type(twin) is type(wrapper) and handle.wrapper is wrapper and wrapper._futuremask is handle
+        assert torch.equal(wrapper(**batch).logits, before)
+        with pytest.raises(RuntimeError, match="merge_and_unload"):
+            wrapper.merge_and_unload()
+        assert not hasattr(twin, "_futuremask") and not twin._forward_pre_hooks
+        copied = twin(**batch).logits
+    with torch.no_grad():
+        stock = wrapper(**batch).logits
+    assert torch.equal(copied, stock) and not torch.equal(before, stock)
+    twin.merge_and_unload()  # the copy is not guarded
+
+
 @pytest.mark.parametrize("args,message", [
     (["--atol", "-1"], "--atol must be a finite number >= 0 (a relative tolerance), got -1.0"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1 (greedy steps compared), got 0"),

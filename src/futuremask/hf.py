@@ -22,9 +22,12 @@ stock Gemma3 model.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import copy
-from collections.abc import Mapping, Sequence
+import functools
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +36,7 @@ from transformers.masking_utils import AttentionMaskInterface
 
 from .hf_masks import ACTIVE, Call, PromptSplitError, layer_mask, mask_builder
 from .hf_train import (
+    WRAPPER_METHODS,
     MissingPromptError,
     check_training_call,
     guard_wrapper,
@@ -143,6 +147,21 @@ def _resolve_backend(model, backend: str, merge: Merge | None) -> str:
     return backend
 
 
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+               "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+"""The ``nn.Module`` dictionaries that hold a hook's entries (keyed by the hook's id)."""
+_OWN_ATTRIBUTES = ("prepare_inputs_for_generation", "_futuremask", "__deepcopy__", *WRAPPER_METHODS)
+"""Instance attributes a handle sets on the model or its wrapper."""
+
+
+def _set_attn_impl(model, name: str) -> None:
+    """Switch the text backbone of ``model`` to attention implementation ``name``."""
+    if getattr(model.config, "text_config", None) is not None:
+        model.set_attn_implementation({"text_config": name})
+    else:
+        model.set_attn_implementation(name)
+
+
 class FutureMask:
     """A policy applied to a model; :func:`apply` returns it. Also a context manager.
 
@@ -184,11 +203,17 @@ class FutureMask:
         self._warned_empty = False
         self._original_prepare = model.prepare_inputs_for_generation
         model.prepare_inputs_for_generation = self._prepare_inputs_for_generation
-        model.__deepcopy__ = self._copy_without_policy  # copy.deepcopy looks it up on the instance
         model._futuremask = self
         if self.wrapper is not None:
             guard_wrapper(self.wrapper)
             self.wrapper.__dict__["_futuremask"] = self
+        for target in self._targets:  # copy.deepcopy looks __deepcopy__ up on the instance
+            target.__dict__["__deepcopy__"] = functools.partial(self._copy_without_policy, target)
+
+    @property
+    def _targets(self) -> tuple:
+        """The modules this handle hooks: the model, and the wrapper holding it (if any)."""
+        return (self.model,) if self.wrapper is None else (self.model, self.wrapper)
 
     @property
     def is_plain_causal(self) -> bool:
@@ -196,10 +221,7 @@ class FutureMask:
         return self.policy.is_causal and self.merge is None
 
     def _set_impl(self, name: str) -> None:
-        if getattr(self.model.config, "text_config", None) is not None:
-            self.model.set_attn_implementation({"text_config": name})
-        else:
-            self.model.set_attn_implementation(name)
+        _set_attn_impl(self.model, name)
 
     def _before_forward(self, module, args, kwargs):
         active = ACTIVE.get()
@@ -251,24 +273,51 @@ class FutureMask:
             hook.remove()
         unpin_checkpointing(self._pinned)
         del self.model.prepare_inputs_for_generation  # back to the class's method
-        del self.model.__deepcopy__
         self._set_impl(self._previous)
         del self.model._futuremask
+        for target in self._targets:
+            target.__dict__.pop("__deepcopy__", None)
         if self.wrapper is not None:
             unguard_wrapper(self.wrapper)
             self.wrapper.__dict__.pop("_futuremask", None)
 
-    def _copy_without_policy(self, memo: dict) -> Any:
-        """``copy.deepcopy(model)`` under this handle: a plain copy, the policy stays on the original only.
+    def _copy_without_policy(self, target: torch.nn.Module, memo: dict) -> Any:
+        """``copy.deepcopy(target)`` (the model or its wrapper) under this handle: a plain, un-applied copy.
 
-        A copy made with the policy attached would keep its hooks and attention implementation, with
-        no handle of its own to remove them; so the policy is taken off for the copy and put back.
+        The copy has none of the handle's hooks, attributes or attention implementation (apply a policy
+        to it with :func:`apply`); the original keeps this handle exactly as it was (policy, merge,
+        layers, hooks in their places).
         """
-        self.remove()
+        with self._detached():
+            twin = copy.deepcopy(target, memo)
+        copied_model = memo.get(id(self.model))  # the copy of the model, also when a wrapper was copied
+        if copied_model is not None:
+            _set_attn_impl(copied_model, self._previous)
+        return twin
+
+    @contextlib.contextmanager
+    def _detached(self) -> Iterator[None]:
+        """Inside the block the model and wrapper carry no trace of this handle; afterwards each gets back
+        the very hook dictionaries, attributes and checkpoint functions it had."""
+        ours = {hook.id for hook in self._hooks}
+        saved: list[tuple[Any, str, Any]] = []
+        for target in self._targets:
+            for name in _HOOK_DICTS:
+                hooks = target.__dict__[name]
+                saved.append((target, name, hooks))
+                target.__dict__[name] = OrderedDict((k, v) for k, v in hooks.items() if k not in ours)
+            for name in _OWN_ATTRIBUTES:
+                if name in target.__dict__:
+                    saved.append((target, name, target.__dict__.pop(name)))
+        checkpointing = [(layer, layer._gradient_checkpointing_func) for layer, _ in self._pinned]
+        unpin_checkpointing(self._pinned)
         try:
-            return copy.deepcopy(self.model, memo)
+            yield
         finally:
-            self.__init__(self.model, self.policy, merge=self.merge, backend=self._requested_backend)
+            for target, name, value in saved:
+                target.__dict__[name] = value
+            for layer, func in checkpointing:
+                layer._gradient_checkpointing_func = func
 
     def __enter__(self) -> FutureMask:
         return self
@@ -304,6 +353,8 @@ def apply(
         supervised positions explicitly; with ``labels`` they are the labelled ones. Each supervised
         token and each packed sequence starts a new segment (DESIGN §2). A training forward (training
         mode, gradients on) under a non-causal policy with neither raises :class:`MissingPromptError`.
+        ``copy.deepcopy`` of the model (or of the wrapper) while applied returns a plain, un-applied
+        copy (TRL's ``create_reference_model`` makes one); the original keeps this handle unchanged.
     """
     return FutureMask(model, policy, merge=merge, backend=backend, layers=layers)
 
