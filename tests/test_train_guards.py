@@ -63,6 +63,20 @@ def test_training_forward_without_labels_or_prompt_mask_is_refused(tiny):
         tiny.eval()
 
 
+def test_an_evaluation_forward_with_labels_is_the_training_forward(tiny):
+    """Eval mode, no gradients: the labels still mark the answer, exactly as in training (no dropout here)."""
+    inputs = _batch(tiny, seed=2)
+    with fm.apply(tiny, "future"):
+        with torch.no_grad():
+            evaluated = tiny(**inputs).logits
+        tiny.train()
+        try:
+            trained = tiny(**inputs).logits.detach()
+        finally:
+            tiny.eval()
+    torch.testing.assert_close(evaluated, trained, rtol=0, atol=0)
+
+
 def test_the_refusal_prevents_a_real_leak(tiny):
     """Paired: a label-less forward (allowed outside training) lets logits before the answer move with it."""
     inputs = _batch(tiny, seed=1)

@@ -6,6 +6,7 @@ Each run starts from the same weights; the losses of a few steps under ``mma`` m
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -126,3 +127,70 @@ def test_prompt_mask_collator_marks_the_labelled_tokens():
     assert out["prompt_mask"].tolist() == [[False, True, True, False, True, False]]
     with pytest.raises(KeyError, match="labels"):
         PromptMaskCollator(lambda examples: {"input_ids": batch["input_ids"]})([None])
+
+
+# --- evaluation and prediction loops ------------------------------------------------------------------
+
+
+def _predict(policy, last_word, wrap):
+    """TRL's predict() (the logits compute_metrics gets) on two rows whose answer ends in ``last_word``."""
+    model, processor = tiny_llava(seed=1)
+    rows = [{"prompt": "USER: <image> what is in the image ?\nASSISTANT:", "completion": " blue " + last_word,
+             "images": [draw_image(i)]} for i in range(2)]
+    args = trl.SFTConfig(output_dir="unused", per_device_eval_batch_size=2, report_to=[], use_cpu=True,
+                         max_length=None, save_strategy="no")
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                             processing_class=processor)
+    if wrap:
+        trainer.data_collator = PromptMaskCollator(trainer.data_collator)
+    with fm.apply(model, policy), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TRL: the logits of compute_metrics are deprecated
+        out = trainer.predict(datasets.Dataset.from_list(rows))
+    return torch.as_tensor(out.predictions).float(), torch.as_tensor(out.label_ids)
+
+
+def test_prediction_loop_logits_stay_causal_in_the_answer():
+    """TRL rebuilds compute_metrics' logits without labels: refused unless the batch carries prompt_mask,
+    and then the logits before the last answer token do not depend on it (paired: before, they moved)."""
+    with pytest.raises(fm.MissingPromptError, match="PromptMaskCollator"):
+        _predict("mma", "circle", wrap=False)
+    (circle, labels), (square, other) = _predict("mma", "circle", True), _predict("mma", "square", True)
+    changed = int((labels[0] != other[0]).nonzero()[0])  # the last answer word
+    assert changed > int((labels[0] != IGNORE_INDEX).nonzero()[0])  # it is not the first answer token
+    torch.testing.assert_close(circle[:, :changed], square[:, :changed], rtol=0, atol=0)
+    causal, _ = _predict("causal", "circle", wrap=False)
+    assert (causal[:, :changed] - circle[:, :changed]).abs().max() > 1e-3  # mma did change the prompt's logits
+
+
+# --- reference models ---------------------------------------------------------------------------------
+
+
+def _dpo(tmp_path):
+    model, processor = tiny_llava(seed=1)
+    reference = trl.create_reference_model(model)  # a deepcopy: the same weights
+    rows = [{"prompt": "USER: <image> what is in the image ?\nASSISTANT:", "chosen": " red",
+             "rejected": " blue circle", "images": [draw_image(i)]} for i in range(2)]
+    args = trl.DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=2,
+                         learning_rate=1e-3, report_to=[], logging_steps=1, save_strategy="no", use_cpu=True,
+                         max_length=None, dataloader_num_workers=0)
+    trainer = trl.DPOTrainer(model=model, ref_model=reference, args=args,
+                             train_dataset=datasets.Dataset.from_list(rows), processing_class=processor)
+    return trainer, model, reference
+
+
+def test_dpo_reference_model_runs_the_same_policy(tmp_path):
+    """Paired: with the policy on the trained model only, step 0 compared two models (loss 0.692, not ln 2)."""
+    trainer, model, reference = _dpo(tmp_path)
+    for one in (model, reference):
+        with fm.apply(one, "mma"), pytest.raises(fm.hf_train.ReferencePolicyError, match="apply_to_trainer"):
+            trainer.train()
+    from futuremask.train import apply_to_trainer
+
+    with apply_to_trainer(trainer, "mma", layers="0") as applied:
+        assert [h.model for h in applied.handles] == [model, reference]
+        assert all(h.layers == frozenset({0}) for h in applied.handles)
+        trainer.train()
+    assert not hasattr(model, "_futuremask") and not hasattr(reference, "_futuremask")
+    first = trainer.state.log_history[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert first["rewards/chosen"] == first["rewards/rejected"] == 0.0

@@ -4,6 +4,12 @@ wrappers such as PEFT's ``PeftModel``, and gradient checkpointing.
 * A training forward (``model.training`` and gradients enabled) under a non-causal policy needs
   ``labels`` or ``prompt_mask`` to tell the answer from the prompt; without either it is refused.
   When a training batch leaves the policy nothing to open (loss on every token), it warns once.
+* So does a forward run by a transformers ``Trainer``'s evaluation or prediction loop (``evaluate``,
+  ``predict``), where the model is in eval mode but the batch holds answers (TRL recomputes the
+  logits for ``compute_metrics`` without the labels).
+* A trainer with a separate reference model (``trainer.ref_model``: DPO, KTO, GRPO, ...) must run it
+  under the same policy, merge and layers as ``trainer.model``; a forward of either while they differ
+  is refused (:class:`ReferencePolicyError`).
 * A wrapper (anything with ``get_base_model()``) is hooked as well as the model it holds, so
   ``forward`` and ``generate`` on either follow the policy; ``merge_and_unload()`` / ``unload()``
   on the wrapper are refused while the handle is active.
@@ -16,6 +22,7 @@ wrappers such as PEFT's ``PeftModel``, and gradient checkpointing.
 from __future__ import annotations
 
 import contextvars
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -31,16 +38,61 @@ class MissingPromptError(ValueError):
     """A training forward under a non-causal policy with no way to tell the answer from the prompt."""
 
 
+class ReferencePolicyError(RuntimeError):
+    """A trainer's reference model and its trained model run under different policies."""
+
+
+EVALUATION_METHODS = frozenset({"evaluate", "predict", "evaluation_loop", "prediction_step"})
+"""``Trainer`` methods whose model calls are an evaluation or prediction loop."""
+
+
+def running_trainer() -> tuple[Any | None, bool]:
+    """The transformers ``Trainer`` whose method (up the call stack) made the current model call, and
+    whether that call is in its evaluation or prediction loop; ``(None, False)`` outside any (and at no
+    cost when ``transformers.trainer`` was never imported)."""
+    module = sys.modules.get("transformers.trainer")
+    if module is None:
+        return None, False
+    trainer_class, trainer = module.Trainer, None
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_argcount and code.co_varnames[0] == "self":
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, trainer_class):
+                trainer = owner
+                if code.co_name in EVALUATION_METHODS:
+                    return trainer, True
+        frame = frame.f_back
+    return trainer, False
+
+
 def check_training_call(handle: Any, module: torch.nn.Module, inputs: dict[str, Any], layout_fn) -> None:
-    """Refuse a training forward with neither ``labels`` nor ``prompt_mask``; warn once when nothing opens.
+    """Refuse a training forward, or a forward of a ``Trainer``'s evaluation loop, with neither ``labels``
+    nor ``prompt_mask``, and a trainer whose reference model runs another policy; warn once when a
+    training batch opens nothing.
 
     Args:
         handle: the :class:`~futuremask.hf.FutureMask`; module: the called model; inputs: the call's
             layout inputs; layout_fn: returns the call's :class:`~futuremask.layout.TokenLayout`.
     """
+    if handle.is_plain_causal:
+        return
+    trainer, evaluating = running_trainer()
+    if trainer is not None:
+        check_reference_model(handle, trainer)
+    unlabelled = inputs.get("labels") is None and inputs.get("prompt_mask") is None
+    if evaluating and unlabelled and not handle.policy.is_causal:
+        raise MissingPromptError(
+            f"futuremask: {type(trainer).__name__}'s evaluation / prediction loop called the model under policy "
+            f"{handle.policy.name!r} with neither `labels` nor `prompt_mask` (TRL does so to rebuild the logits "
+            "for compute_metrics), so the answers in the batch would count as prompt and visual rows would see "
+            "them. Add prompt_mask to the batches: trainer.data_collator = "
+            "futuremask.train.PromptMaskCollator(trainer.data_collator)"
+        )
     if handle.policy.is_causal or not (module.training and torch.is_grad_enabled()):
         return
-    if inputs.get("labels") is None and inputs.get("prompt_mask") is None:
+    if unlabelled:
         raise MissingPromptError(
             f"futuremask: a training forward under policy {handle.policy.name!r} got neither `labels` nor "
             "`prompt_mask`, so the answer cannot be told from the prompt and visual rows would see it. Pass "
@@ -61,6 +113,44 @@ def check_training_call(handle: Any, module: torch.nn.Module, inputs: dict[str, 
             "or assistant_only_loss=True) or pass prompt_mask=",
             UserWarning,
             stacklevel=3,
+        )
+
+
+def policy_settings(model: Any) -> tuple | None:
+    """``(policy name, merge, layers)`` of the handle on ``model`` (also through a DDP ``.module`` or a
+    wrapper such as PEFT's), or None when it runs the stock mask (no handle, or plain ``causal``)."""
+    handle = getattr(model, "_futuremask", None) or getattr(getattr(model, "module", None), "_futuremask", None)
+    if handle is None or handle.is_plain_causal:
+        return None
+    return handle.policy.name, handle.merge, handle.layers
+
+
+def _describe(settings: tuple | None) -> str:
+    if settings is None:
+        return "the stock causal mask"
+    name, merge, layers = settings
+    extra = "" if merge is None else f", merge={merge}"
+    extra += "" if layers is None else f", layers={sorted(layers)}"
+    return f"policy {name!r}{extra}"
+
+
+def check_reference_model(handle: Any, trainer: Any) -> None:
+    """Raise :class:`ReferencePolicyError` when ``handle``'s model is ``trainer.model`` or ``trainer.ref_model``
+    and the two run different policy settings (the reference log-probs would come from another model)."""
+    ref = getattr(trainer, "ref_model", None)
+    policy = getattr(trainer, "model", None)
+    if ref is None or policy is None:
+        return
+    mine = {id(handle.model), id(handle.wrapper)}
+    if not mine & {id(m) for m in (ref, policy, getattr(ref, "module", None), getattr(policy, "module", None))}:
+        return
+    trained, reference = policy_settings(policy), policy_settings(ref)
+    if trained != reference:
+        raise ReferencePolicyError(
+            f"futuremask: {type(trainer).__name__}.model runs {_describe(trained)} but its ref_model runs "
+            f"{_describe(reference)}, so the reference log-probs (and every reward and loss built on them) "
+            "would come from a differently masked model. Apply the same settings to both: "
+            "`with futuremask.train.apply_to_trainer(trainer, policy, ...): trainer.train()`"
         )
 
 

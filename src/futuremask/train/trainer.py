@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..hf import apply
+from ..hf import FutureMask, apply
+from ..layers import LayerSpec
 from ..io import write_json_atomic
 from ..merge import Merge
 from .collator import SFTCollator
@@ -144,6 +145,60 @@ def train(
     return result
 
 
+class TrainerPolicy:
+    """What :func:`apply_to_trainer` returns: the handles on a trainer's models (a context manager).
+
+    Attributes:
+        handles: the :class:`~futuremask.hf.FutureMask` on ``trainer.model``, then the one on
+            ``trainer.ref_model`` when the trainer has a reference model.
+    """
+
+    def __init__(self, handles: list[FutureMask]) -> None:
+        self.handles = handles
+
+    def remove(self) -> None:
+        """Restore every model exactly as it was."""
+        for handle in reversed(self.handles):
+            handle.remove()
+
+    def __enter__(self) -> TrainerPolicy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def apply_to_trainer(
+    trainer: Any, policy: str, merge: Merge | str | None = None, backend: str = "auto", layers: LayerSpec = None
+) -> TrainerPolicy:
+    """Apply one policy to a trainer's model and to its reference model (``trainer.ref_model``), if any.
+
+    Trainers such as TRL's DPO, KTO or GRPO score each batch under a separate reference model as well as
+    under the trained one; both must run the same masks, or the rewards compare two different models
+    (DPO's step-0 loss would not be ln 2). A trainer without ``ref_model`` (SFT, or a PEFT model whose
+    reference is the same model with its adapters off) gets the one handle on ``trainer.model``.
+
+    Args:
+        trainer: a transformers ``Trainer`` (TRL's included), before ``trainer.train()``.
+        policy, merge, backend, layers: as for :func:`futuremask.apply`.
+
+    Returns:
+        A :class:`TrainerPolicy`: ``with apply_to_trainer(trainer, "mma"): trainer.train()``.
+    """
+    models = [trainer.model]
+    if getattr(trainer, "ref_model", None) is not None:
+        models.append(trainer.ref_model)
+    handles: list[FutureMask] = []
+    try:
+        for model in models:
+            inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+            handles.append(apply(inner, policy, merge=merge, backend=backend, layers=layers))
+    except BaseException:
+        TrainerPolicy(handles).remove()
+        raise
+    return TrainerPolicy(handles)
+
+
 def save_checkpoint(model: Any, processor: Any, output_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Save model + processor (safetensors) and ``futuremask_training.json``; returns the folder."""
     out = Path(output_dir)
@@ -154,4 +209,5 @@ def save_checkpoint(model: Any, processor: Any, output_dir: str | os.PathLike, r
     return out
 
 
-__all__ = ["TrainConfig", "TrainResult", "encode_examples", "save_checkpoint", "train"]
+__all__ = ["TrainConfig", "TrainResult", "TrainerPolicy", "apply_to_trainer", "encode_examples", "save_checkpoint",
+           "train"]
