@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..hf import FutureMask, apply
-from ..layers import LayerSpec
 from ..io import write_json_atomic
+from ..layers import LayerSpec
 from ..merge import Merge
 from .collator import SFTCollator
 
