@@ -47,7 +47,7 @@ def configs(tiny_dir: str) -> list[Config]:
     return [
         Config("chat_future_b1", DEMO, "future", ("fm_gen",), batch_size=1),
         Config("chat_future_b4", DEMO, "future", ("fm_gen",), batch_size=4),
-        Config("simple_mma_b4", DEMO, "mma", ("fm_gen", "fm_mc"), simple=True, batch_size=4),
+        Config("simple_mma_b4", DEMO, "mma", ("fm_gen", "fm_mc", "fm_ll"), simple=True, batch_size=4),
         Config("simple_mma_layers_b4", DEMO, "mma", ("fm_gen", "fm_mc"), simple=True, batch_size=4, layers="0+2-3"),
         Config("simple_v2v_kernel_b3", tiny_dir, "future_v2v", ("fm_gen", "fm_mc"), simple=True, merge="kernel",
                batch_size=3),

@@ -2,7 +2,10 @@
 
 Two tasks over the same documents (1 or 2 drawn images each, questions in the demo model's words):
 ``fm_gen`` (generate_until; ``doc_to_messages`` interleaves labels and images, ``doc_to_visual`` +
-``doc_to_text`` serve the simple model) and ``fm_mc`` (multiple_choice over colour words).
+``doc_to_text`` serve the simple model), ``fm_mc`` (multiple_choice over colour words) and ``fm_ll``
+(``output_type: loglikelihood`` of the answer word). lmms-eval 0.7.3's own ``process_results`` cannot
+score a loglikelihood task (it unpacks the list of one result as the pair: ``ll, is_greedy = results``),
+so ``fm_ll`` brings its own, as such a task must.
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ def doc_to_text(doc):
     return doc["question"]
 
 
+def doc_to_answer(doc):
+    return " " + doc["answer"]
+
+
+def loglikelihood_results(doc, results):
+    loss, is_greedy = results[0]
+    return {"nll": float(loss), "greedy": int(is_greedy)}
+
+
 def doc_to_messages(doc):
     content = []
     for k, image in enumerate(doc_to_visual(doc)):
@@ -49,6 +61,27 @@ doc_to_text: !function utils.doc_to_text
 {extra}
 metric_list:
   - metric: {metric}
+    aggregation: mean
+    higher_is_better: true
+'''
+
+
+LOGLIKELIHOOD = '''task: fm_ll
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood
+doc_to_visual: !function utils.doc_to_visual
+doc_to_text: !function utils.doc_to_text
+doc_to_target: !function utils.doc_to_answer
+process_results: !function utils.loglikelihood_results
+metric_list:
+  - metric: nll
+    aggregation: mean
+    higher_is_better: false
+  - metric: greedy
     aggregation: mean
     higher_is_better: true
 '''
@@ -98,4 +131,6 @@ def write(folder: Path, n: int = 6) -> list[dict]:
                                                     extra=gen, metric="exact_match"))
     (folder / "fm_mc.yaml").write_text(TASK.format(name="fm_mc", data=data, output_type="multiple_choice",
                                                    extra=mc, metric="acc"))
+    (folder / "fm_ll.yaml").write_text(LOGLIKELIHOOD.format(data=data))
+    (folder / "fm_ll.yaml").write_text(LOGLIKELIHOOD.format(data=data))
     return docs

@@ -96,6 +96,20 @@ def test_multiple_choice_accuracy_is_that_of_the_most_likely_choice(launch):
     assert acc == pytest.approx(sum(best) / len(best))
 
 
+def test_loglikelihood_task_scores_the_doc_to_target(launch):
+    """output_type loglikelihood (the plugin crashed on its doc_to_target): each document's logged pair is
+    (-fm.continuation_logprob of " answer", greedy decoding under the policy says it); the task's own
+    process_results works around lmms-eval 0.7.3's (localtask.py)."""
+    config = launch.configs["simple_mma_b4"]
+    samples = launch.samples("simple_mma_b4", "fm_ll")
+    for doc in launch.docs:
+        loss, greedy = samples[doc["id"]]["filtered_resps"]
+        [(logprob, said)] = reference.choice_scores(config.pretrained, config.policy, config.merge, doc, [doc["answer"]])
+        assert float(loss) == pytest.approx(-logprob, abs=1e-4) and (greedy in (True, "True")) == said, doc["id"]
+    nll = launch.results("simple_mma_b4")["results"]["fm_ll"]["nll,none"]
+    assert nll == pytest.approx(sum(float(s["nll"]) for s in samples.values()) / len(samples))
+
+
 def test_bad_policy_fails_clearly(launch):
     assert "futuremask: unknown mask policy 'nonsense'; choose one of: causal, future" in launch.log
     assert not list((launch.root / "out" / "chat_bad_policy").glob("*/*_samples_*.jsonl"))

@@ -34,6 +34,11 @@ def test_the_entry_point_registers_both_classes():
     ("policy=future", {}, "needs pretrained=ID_OR_PATH"),
     ("pretrained=/nowhere,batch_size=4", {"batch_size": "2"}, "batch_size is 4 in --model_args but '2'"),
     ("pretrained=/nowhere", {"batch_size": "auto"}, "--batch_size auto is not supported"),
+    ("pretrained=/nowhere,policy=mma,layers=0-1,3", {}, "part '3' is not key=value: commas separate model_args, so "
+                                                       "join several layer ranges with + (layers=0-7+12)"),
+    ("pretrained=/nowhere,policy=mma,layers=-1", {}, "layers '-1': expected indices"),  # not '-1.0'
+    ("pretrained=/nowhere,policy=causal,layers=0-1", {}, "layers=0-1 with policy=causal does nothing"),
+    ("pretrained=/nowhere,layers=0+1", {}, "with policy=causal does nothing"),
 ])
 def test_bad_model_args_fail_before_loading(arg_string, cli, message):
     with pytest.raises(ValueError, match="futuremask: ") as err:
@@ -48,8 +53,25 @@ def test_model_args_accept_aliases_merge_settings_and_lmms_eval_defaults():
     assert (args.policy, args.merge, args.batch_size) == ("causal", fm.Merge("kernel", kernel=5, pool="mean"), 1)
     assert options.parse(options.combine({"pretrained": "x"}, {"batch_size": "3"})).batch_size == 3
     # lmms-eval turns a bare number into an int; + joins ranges (commas cut --model_args)
-    assert [options.parse({"pretrained": "x", "layers": v}).layers for v in (2, "3+0-2", "all", None)] == [
+    assert [options.parse({"pretrained": "x", "policy": "mma", "layers": v}).layers
+            for v in (2, "3+0-2", "all", None)] == [
         "2", "0-3", None, None]
+
+
+def test_model_args_keep_their_text():
+    assert options.split("pretrained=/a/b, policy=mma,layers=-1,batch_size=2,") == {
+        "pretrained": "/a/b", "policy": "mma", "layers": "-1", "batch_size": "2"}
+
+
+def test_a_loglikelihood_continuation_is_the_doc_to_target_of_its_document():
+    """output_type loglikelihood sends doc_to_target itself (the plugin concatenated the method and crashed)."""
+    from futuremask.integrations.lmms_eval.model import _continuation
+
+    doc = {"answer": "red", "label": 0}
+    assert _continuation(lambda d: " " + d["answer"], doc, "t") == " red"
+    assert _continuation(" blue", doc, "t") == " blue"  # multiple_choice sends the text
+    with pytest.raises(ValueError, match="task 't': a loglikelihood continuation must be text, but doc_to_target gave int 0"):
+        _continuation(lambda d: d["label"], doc, "t")
 
 
 def test_a_schedule_beyond_the_models_layers_is_refused_before_any_request():

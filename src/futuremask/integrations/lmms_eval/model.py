@@ -22,7 +22,6 @@ from importlib.metadata import version
 from typing import Any
 
 import torch
-from lmms_eval import utils
 from lmms_eval.api.instance import GenerationResult
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
@@ -81,7 +80,7 @@ class _FutureMask(lmms):
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> _FutureMask:
         """lmms-eval's constructor: ``--model_args`` plus its own ``--batch_size`` / ``--device``."""
-        return cls(**options.combine(utils.simple_parse_args_string(arg_string), additional_config or {}))
+        return cls(**options.combine(options.split(arg_string), additional_config or {}))
 
     @property
     def device(self) -> torch.device:
@@ -185,6 +184,17 @@ class FutureMaskChat(_FutureMask):
                                   "models only; add --force_simple to the lmms-eval command")
 
 
+def _continuation(target: Any, doc: dict, task: str) -> str:
+    """The text a loglikelihood request scores: ``multiple_choice`` sends it, ``output_type: loglikelihood``
+    sends the task's ``doc_to_target`` (lmms-eval 0.7.3), applied here to the document as lmms-eval's own
+    models do (no delimiter is added: a leading space belongs in ``doc_to_target``)."""
+    text = target(doc) if callable(target) else target
+    if not isinstance(text, str):
+        raise ValueError(f"futuremask: task {task!r}: a loglikelihood continuation must be text, but doc_to_target "
+                         f"gave {type(text).__name__} {text!r}; make doc_to_target return the answer's text")
+    return text
+
+
 class FutureMaskSimple(_FutureMask):
     """``--model futuremask --force_simple``: the task's images, then its text context, in one user turn."""
 
@@ -210,7 +220,7 @@ class FutureMaskSimple(_FutureMask):
                                           "unconditional scores) is not supported")
             ctx, continuation, doc_to_visual, doc_id, task, split = req.args
             chats.append(self._chat(ctx, doc_to_visual, doc_id, task, split))
-            continuations.append(continuation)
+            continuations.append(_continuation(continuation, self._doc(task, split, doc_id), task))
             keys.append((task, split, doc_id, ctx))
         return self._score(chats, continuations, keys)
 

@@ -39,6 +39,21 @@ class ModelArgs:
     layers: str | None = None  # a schedule in fm.apply's syntax ("0-7,12"), None for every layer
 
 
+def split(arg_string: str) -> dict[str, str]:
+    """``--model_args`` text -> ``{key: value}``, every value kept as the text given (lmms-eval's own parser
+    turns ``-1`` into ``-1.0``); a part without ``=`` is refused with the fix (commas separate arguments)."""
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in arg_string.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"futuremask: model_args part {part!r} is not key=value: commas separate model_args, "
+                             "so join several layer ranges with + (layers=0-7+12)")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def combine(model_args: dict[str, Any], cli: dict[str, Any]) -> dict[str, Any]:
     """``--model_args`` with lmms-eval's own ``--batch_size`` / ``--device`` folded in.
 
@@ -52,7 +67,7 @@ def combine(model_args: dict[str, Any], cli: dict[str, Any]) -> dict[str, Any]:
         if key == "max_batch_size" or str(value).startswith("auto"):
             raise ValueError("futuremask: --batch_size auto is not supported; give a number (--batch_size N)")
         if key in merged and str(merged[key]) != str(value):
-            raise ValueError(f"futuremask: {key} is {merged[key]!r} in --model_args but {value!r} on the command "
+            raise ValueError(f"futuremask: {key} is {merged[key]} in --model_args but {value!r} on the command "
                              f"line; give it once")
         merged[key] = value
     return merged
@@ -105,6 +120,10 @@ def parse(kwargs: dict[str, Any]) -> ModelArgs:
     backend = str(kwargs.get("backend", "auto"))
     if backend not in BACKENDS:
         raise ValueError(f"futuremask: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    layers = _layers(kwargs.get("layers"))
+    if policy == "causal" and layers is not None:
+        raise ValueError(f"futuremask: layers={kwargs['layers']} with policy=causal does nothing (causal opens no "
+                         "layer); name a policy (policy=future, ...) or drop layers=")
     settings = {k: v for k, v in kwargs.items() if k in _MERGE_SETTINGS}
     device = kwargs.get("device")
     return ModelArgs(
@@ -115,8 +134,8 @@ def parse(kwargs: dict[str, Any]) -> ModelArgs:
         dtype=dtype,
         device=None if device is None else str(device),
         backend=backend,
-        layers=_layers(kwargs.get("layers")),
+        layers=layers,
     )
 
 
-__all__ = ["KEYS", "ModelArgs", "combine", "parse"]
+__all__ = ["KEYS", "ModelArgs", "combine", "parse", "split"]
