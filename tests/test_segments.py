@@ -7,6 +7,7 @@ row by row, the stock model given a dense 4-D mask from the literal rule, and ea
 from __future__ import annotations
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -209,3 +210,24 @@ def test_each_packed_sample_equals_itself_alone(tiny, policy, kwargs, with_label
             want = tiny(**alone, use_cache=False).logits[0]
             torch.testing.assert_close(packed[start : start + ids.numel()], want, rtol=1e-5, atol=1e-5)
             start += ids.numel()
+
+
+def test_packed_rows_with_a_cache_are_refused_or_warned(tiny):
+    """Paired: with use_cache left at its default, transformers does not see the packing and the second
+    sample attended the first (its logits moved by ~0.6); now refused under a policy, warned under causal."""
+    inputs, samples, _ = _packed(tiny, 2, 1, seed=5)
+    ids, labels, pixels = samples[-1]
+    start = inputs["input_ids"].shape[1] - ids.numel()
+    with fm.apply(tiny, "mma"), torch.no_grad():
+        with pytest.raises(ValueError, match="use_cache=False"):  # fm.hf.PackedCacheError
+            tiny(**inputs)
+        packed = tiny(**inputs, use_cache=False).logits[0, start:]
+        alone = tiny(input_ids=ids[None], labels=labels[None], pixel_values=pixels, use_cache=False).logits[0]
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+    with fm.apply(tiny, "causal"), torch.no_grad():
+        with pytest.warns(UserWarning, match="packed rows .* KV cache"):
+            mixed = tiny(**inputs).logits[0, start:]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # once per handle
+            tiny(**inputs)
+    assert (mixed - alone).abs().max() > 1e-2  # what the cache does to packed rows (stock transformers too)

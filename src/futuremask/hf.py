@@ -38,6 +38,8 @@ from .hf_masks import ACTIVE, Call, PromptSplitError, layer_mask, mask_builder
 from .hf_train import (
     WRAPPER_METHODS,
     MissingPromptError,
+    PackedCacheError,
+    check_packed_cache,
     check_training_call,
     guard_wrapper,
     pin_checkpointing,
@@ -201,6 +203,7 @@ class FutureMask:
         self._pending: Call | None = None
         self._pinned: list = []
         self._warned_empty = False
+        self._warned_packed = False
         self._original_prepare = model.prepare_inputs_for_generation
         model.prepare_inputs_for_generation = self._prepare_inputs_for_generation
         model._futuremask = self
@@ -241,6 +244,7 @@ class FutureMask:
         else:
             call = Call(handle=self, inputs=_layout_inputs(args, kwargs))
             check_training_call(self, module, call.inputs, lambda: call.layout)
+            check_packed_cache(self, module, kwargs, lambda: call.layout, text_config(self.model.config))
         if module.training and torch.is_grad_enabled():
             self._pinned += pin_checkpointing(self.model, ACTIVE, text_config(self.model.config), IMPL_PREFIX + self.backend)
         kwargs.pop("prompt_mask", None)
@@ -473,4 +477,4 @@ def continuation_logprob(
 Handle = FutureMask
 """What :func:`apply` returns is a handle on the model (``remove()``, a context manager), not a mask."""
 
-__all__ = ["BACKENDS", "FutureMask", "Handle", "MissingPromptError", "PromptSplitError", "apply", "continuation_logprob"]
+__all__ = ["BACKENDS", "FutureMask", "Handle", "MissingPromptError", "PackedCacheError", "PromptSplitError", "apply", "continuation_logprob"]

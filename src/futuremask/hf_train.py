@@ -7,6 +7,9 @@ wrappers such as PEFT's ``PeftModel``, and gradient checkpointing.
 * So does a forward run by a transformers ``Trainer``'s evaluation or prediction loop (``evaluate``,
   ``predict``), where the model is in eval mode but the batch holds answers (TRL recomputes the
   logits for ``compute_metrics`` without the labels).
+* Packed rows (``position_ids`` restarting, no ``attention_mask``) are only kept apart by transformers
+  when the call has no cache; with one (``use_cache`` left at the config's default) later samples see
+  earlier ones. Refused under a policy, warned once under ``causal`` (:func:`check_packed_cache`).
 * A trainer with a separate reference model (``trainer.ref_model``: DPO, KTO, GRPO, ...) must run it
   under the same policy, merge and layers as ``trainer.model``; a forward of either while they differ
   is refused (:class:`ReferencePolicyError`).
@@ -114,6 +117,44 @@ def check_training_call(handle: Any, module: torch.nn.Module, inputs: dict[str, 
             UserWarning,
             stacklevel=3,
         )
+
+
+class PackedCacheError(ValueError):
+    """Packed rows in a call that uses a KV cache, where transformers does not keep the samples apart."""
+
+
+def uses_cache(module: torch.nn.Module, kwargs: dict[str, Any], config: Any) -> bool:
+    """Whether a forward of ``module`` with ``kwargs`` runs with a KV cache, as transformers decides it: a
+    cache passed in, or ``use_cache`` (the call's, else ``config.use_cache``) and no gradient checkpointing
+    in a training forward."""
+    if kwargs.get("past_key_values") is not None or kwargs.get("cache") is not None:
+        return True
+    use_cache = kwargs.get("use_cache")
+    use_cache = getattr(config, "use_cache", False) if use_cache is None else use_cache
+    flag = "is_activation_checkpointing" if hasattr(type(module), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    checkpointing = getattr(module, flag, False) and module.training and torch.is_grad_enabled()
+    return bool(use_cache) and not checkpointing
+
+
+def check_packed_cache(handle: Any, module: torch.nn.Module, kwargs: dict[str, Any], layout_fn, config: Any) -> None:
+    """Refuse (non-causal policy) or warn once (``causal``) when packed rows meet a KV cache.
+
+    Args:
+        handle: the :class:`~futuremask.hf.FutureMask`; module: the called model; kwargs: the call's
+            arguments; layout_fn: returns the call's layout; config: the text config (``use_cache``).
+    """
+    if kwargs.get("attention_mask") is not None or kwargs.get("position_ids") is None:
+        return
+    if not uses_cache(module, kwargs, config) or not bool((layout_fn().sequence > 0).any()):
+        return
+    message = ("futuremask: packed rows (position_ids restarting, no attention_mask) in a call with a KV cache: "
+               "transformers keeps packed samples apart only without a cache, so later samples would see earlier "
+               "ones. Pass use_cache=False to the model call (TRL does)")
+    if not handle.policy.is_causal:
+        raise PackedCacheError(message)
+    if not handle._warned_packed:
+        handle._warned_packed = True
+        warnings.warn(message + " (stock transformers mixes them the same way)", UserWarning, stacklevel=4)
 
 
 def policy_settings(model: Any) -> tuple | None:
