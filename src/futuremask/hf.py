@@ -244,7 +244,7 @@ class FutureMask:
         else:
             call = Call(handle=self, inputs=_layout_inputs(args, kwargs))
             check_training_call(self, module, call.inputs, lambda: call.layout)
-            check_packed_cache(self, module, kwargs, lambda: call.layout, text_config(self.model.config))
+            check_packed_cache(self, module, kwargs, call.inputs, text_config(self.model.config))
         if module.training and torch.is_grad_enabled():
             self._pinned += pin_checkpointing(self.model, ACTIVE, text_config(self.model.config), IMPL_PREFIX + self.backend)
         kwargs.pop("prompt_mask", None)

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from .layout import _text_positions, packed_sequences
 from .policies import dense_mask, overlay_mod
 
 WRAPPER_METHODS = ("merge_and_unload", "unload")
@@ -136,16 +137,21 @@ def uses_cache(module: torch.nn.Module, kwargs: dict[str, Any], config: Any) -> 
     return bool(use_cache) and not checkpointing
 
 
-def check_packed_cache(handle: Any, module: torch.nn.Module, kwargs: dict[str, Any], layout_fn, config: Any) -> None:
+def check_packed_cache(handle: Any, module: torch.nn.Module, kwargs: dict[str, Any], inputs: dict[str, Any],
+                       config: Any) -> None:
     """Refuse (non-causal policy) or warn once (``causal``) when packed rows meet a KV cache.
 
     Args:
         handle: the :class:`~futuremask.hf.FutureMask`; module: the called model; kwargs: the call's
-            arguments; layout_fn: returns the call's layout; config: the text config (``use_cache``).
+            arguments; inputs: its layout inputs (``position_ids`` only without an ``attention_mask``);
+            config: the text config (``use_cache``).
     """
-    if kwargs.get("attention_mask") is not None or kwargs.get("position_ids") is None:
+    position_ids, input_ids = inputs.get("position_ids"), inputs.get("input_ids")
+    if kwargs.get("attention_mask") is not None or position_ids is None or input_ids is None:
         return
-    if not uses_cache(module, kwargs, config) or not bool((layout_fn().sequence > 0).any()):
+    if not uses_cache(module, kwargs, config):
+        return
+    if not bool((packed_sequences(_text_positions(position_ids, *input_ids.shape)) > 0).any()):
         return
     message = ("futuremask: packed rows (position_ids restarting, no attention_mask) in a call with a KV cache: "
                "transformers keeps packed samples apart only without a cache, so later samples would see earlier "
