@@ -52,21 +52,23 @@ EVALUATION_METHODS = frozenset({"evaluate", "predict", "evaluation_loop", "predi
 
 def running_trainer() -> tuple[Any | None, bool]:
     """The transformers ``Trainer`` whose method (up the call stack) made the current model call, and
-    whether that call is in its evaluation or prediction loop; ``(None, False)`` outside any (and at no
-    cost when ``transformers.trainer`` was never imported)."""
+    whether that call is a forward of its evaluation or prediction loop (a ``generate()`` there is not:
+    its prompt is what the caller chose); ``(None, False)`` outside any trainer (and at no cost when
+    ``transformers.trainer`` was never imported)."""
     module = sys.modules.get("transformers.trainer")
     if module is None:
         return None, False
-    trainer_class, trainer = module.Trainer, None
+    trainer_class, trainer, generating = module.Trainer, None, False
     frame = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
+        generating |= code.co_name == "generate"
         if code.co_argcount and code.co_varnames[0] == "self":
             owner = frame.f_locals.get("self")
             if isinstance(owner, trainer_class):
                 trainer = owner
                 if code.co_name in EVALUATION_METHODS:
-                    return trainer, True
+                    return trainer, not generating
         frame = frame.f_back
     return trainer, False
 
