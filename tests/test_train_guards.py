@@ -220,3 +220,23 @@ def test_gradient_checkpointing_gives_the_same_gradients(kwargs, reentrant):
     with fm.apply(model, "causal"):
         causal = _grads(model, model(**inputs).loss)
     assert any((causal[n] - want[n]).abs().max() > 1e-6 for n in want)  # the policy really shaped them
+
+
+def test_a_trainers_evaluation_forward_needs_the_answer_marked_but_its_generate_does_not(tiny, tmp_path):
+    """Inside a Trainer's prediction_step a label-less forward holds answers (refused); generate() from a
+    prompt the caller chose, a forward with labels, and the same forward outside any trainer run as usual."""
+    from transformers import Trainer, TrainingArguments
+
+    class Probe(Trainer):
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            return model(**inputs) if prediction_loss_only else model.generate(**inputs, max_new_tokens=2)
+
+    trainer = Probe(model=tiny, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    inputs = _batch(tiny, seed=3)
+    unlabelled = {k: v for k, v in inputs.items() if k != "labels"}
+    with fm.apply(tiny, "future"), torch.no_grad():
+        with pytest.raises(fm.MissingPromptError, match="Probe's evaluation / prediction loop.*PromptMaskCollator"):
+            trainer.prediction_step(tiny, unlabelled, True)
+        trainer.prediction_step(tiny, inputs, True)
+        trainer.prediction_step(tiny, unlabelled, False)
+        tiny(**unlabelled)
