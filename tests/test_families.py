@@ -1,4 +1,4 @@
-"""futuremask on each VLM family (LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Idefics3, Gemma3, InternVL).
+"""futuremask on each VLM family of :data:`families.FAMILIES` (docs/models.md), images and videos.
 
 Every check compares the model under ``fm.apply`` with an independent computation: the untouched
 model, or the untouched model given a dense boolean mask written here from DESIGN §3's table
@@ -32,10 +32,11 @@ def definition_mask(policy: str, input_ids: torch.Tensor, vlm: TinyVLM, prompt_l
     """bool ``[L, L]`` from DESIGN §3 for one unpadded sequence whose first ``prompt_len`` positions
     (default: all) are the prompt and the rest a continuation.
 
-    For Gemma3 the model's own image-bidirectional blocks (same contiguous image run) are added,
-    since futuremask ORs the policy on top of Gemma3's mask.
+    Image placeholders have modality 1, video placeholders 2. For Gemma3 the model's own
+    image-bidirectional blocks (same contiguous image run) are added, since futuremask ORs the policy
+    on top of Gemma3's mask.
     """
-    modality = (input_ids == vlm.image_token_id).long()
+    modality = vlm.modality(input_ids)
     vis = modality.bool()
     length = len(input_ids)
     prompt = torch.arange(length) < (length if prompt_len is None else prompt_len)
@@ -48,16 +49,17 @@ def definition_mask(policy: str, input_ids: torch.Tensor, vlm: TinyVLM, prompt_l
         "future_v2t": vis[i] & ~vis[j] & prompt[j],
         "mma": (modality[i] != modality[j]) & prompt[i] & prompt[j],
     }[policy]
-    return (j <= i) | extra | (image_blocks(vis) if vlm.name == "gemma3" else False)
+    return (j <= i) | extra | (image_blocks(modality) if vlm.image_blocks else False)
 
 
-def image_blocks(vis: torch.Tensor) -> torch.Tensor:
-    """bool ``[L, L]``: pairs inside one contiguous run of image tokens (Gemma3's bidirectional blocks)."""
+def image_blocks(modality: torch.Tensor) -> torch.Tensor:
+    """bool ``[L, L]``: pairs inside one contiguous run of visual tokens of one modality (``modality`` long
+    ``[L]``, 0 text), Gemma3's bidirectional blocks."""
     run, runs = -1, []
-    for k in range(len(vis)):
-        if vis[k] and (k == 0 or not vis[k - 1]):
+    for k in range(len(modality)):
+        if modality[k] and (k == 0 or modality[k] != modality[k - 1]):
             run += 1
-        runs.append(run if vis[k] else -1)
+        runs.append(run if modality[k] else -1)
     runs = torch.tensor(runs)
     return (runs[:, None] == runs[None, :]) & (runs[:, None] >= 0)
 
@@ -66,22 +68,23 @@ def _positions(vlm: TinyVLM, inputs: dict) -> torch.Tensor | None:
     """Position ids of the prompt as the model computes them (M-RoPE for Qwen-VL), else None."""
     if "mm_token_type_ids" not in inputs:
         return None
-    kw = {k: inputs[k] for k in ("image_grid_thw", "mm_token_type_ids", "attention_mask") if k in inputs}
+    kw = {k: inputs[k] for k in ("image_grid_thw", "video_grid_thw", "mm_token_type_ids", "attention_mask") if k in inputs}
     return vlm.model.model.get_rope_index(inputs["input_ids"], **kw)[0]
 
 
 def dense_forward(vlm: TinyVLM, inputs: dict, mask: torch.Tensor, use_cache: bool = False):
     """The untouched model's forward with an explicit boolean mask ``[L, L]`` on every text layer.
 
-    Gemma3's sliding-window layers get ``mask`` cut to the window's reach into the past
+    Sliding-window layers (Gemma3's, PaliGemma2's) get ``mask`` cut to the window's reach into the past
     (``j > i - window``), the way Gemma3 cuts its own image blocks.
     """
     call = {k: v for k, v in inputs.items() if k not in ("attention_mask", "token_type_ids", "mm_token_type_ids")}
     call["attention_mask"] = mask[None, None]
-    if vlm.name == "gemma3":
+    text = vlm.model.config.get_text_config()
+    if "sliding_attention" in (getattr(text, "layer_types", None) or ()):
         length = mask.shape[0]
         i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
-        window = vlm.model.config.get_text_config().sliding_window
+        window = text.sliding_window
         call["attention_mask"] = {"full_attention": mask[None, None], "sliding_attention": (mask & (j > i - window))[None, None]}
     positions = _positions(vlm, inputs)
     if positions is not None:
@@ -179,7 +182,7 @@ def test_image_bidirectional_is_gemma3s_block_mask(vlm):
     with fm.apply(vlm.model, "image_bidirectional"):
         got = logits_of(vlm, inputs)
     causal = torch.arange(len(ids))[None, :] <= torch.arange(len(ids))[:, None]
-    expected = dense_forward(vlm, inputs, causal | image_blocks(ids == vlm.image_token_id)).logits
+    expected = dense_forward(vlm, inputs, causal | image_blocks(vlm.modality(ids))).logits
     assert (got - expected).abs().max() <= 1e-5
     if vlm.name == "gemma3":  # what Gemma3 does by itself
         assert (got - logits_of(vlm, inputs)).abs().max() <= 1e-6
