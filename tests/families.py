@@ -19,9 +19,11 @@ from typing import Any
 import torch
 from transformers import (
     CLIPVisionConfig,
+    Gemma2Config,
     Gemma3Config,
     Gemma3ForConditionalGeneration,
     Gemma3TextConfig,
+    GemmaConfig,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     Idefics3VisionConfig,
@@ -31,6 +33,14 @@ from transformers import (
     LlamaConfig,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
+    MistralConfig,
+    PaliGemmaConfig,
+    PaliGemmaForConditionalGeneration,
+    PixtralVisionConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
@@ -38,7 +48,12 @@ from transformers import (
     Qwen2Config,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     SiglipVisionConfig,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+    SmolVLMVisionConfig,
 )
 
 from futuremask.tiny import BASE_WORDS, tiny_tokenizer
@@ -46,8 +61,31 @@ from futuremask.tiny import BASE_WORDS, tiny_tokenizer
 IMAGE = object()
 """Marker for one image in the segments given to :func:`build_inputs`."""
 
+VIDEO = object()
+"""Marker for one video in the segments given to :func:`build_inputs` (families with :attr:`TinyVLM.video`)."""
+
 HIDDEN = 64
 HEADS, KV_HEADS = 4, 2
+
+
+Collate = Callable[[list[list[torch.Tensor]]], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """How one video enters a prompt of a family that takes ``pixel_values_videos``.
+
+    Attributes:
+        block: token ids standing for one video (wrappers, per-frame text, placeholders).
+        token_id: the video placeholder id the vision features replace.
+        shape: shape of the pixel tensor of one video.
+        collate: ``videos_per_row -> dict`` of video pixel inputs for a batch.
+    """
+
+    block: list[int]
+    token_id: int
+    shape: tuple[int, ...]
+    collate: Collate
 
 
 @dataclass
@@ -63,8 +101,12 @@ class TinyVLM:
         image_shape: shape of the pixel tensor of one image.
         collate: ``images_per_row -> dict`` of pixel inputs (``pixel_values`` and friends) for a batch,
             from the list of ``image_shape`` tensors of each row.
-        token_type_key: name of a per-token ``[B, L]`` input marking image placeholders with 1
-            (``mm_token_type_ids`` for Qwen-VL, ``token_type_ids`` for Gemma3), or None.
+        token_type_key: name of a per-token ``[B, L]`` input marking image placeholders with 1 and video
+            placeholders with 2 (``mm_token_type_ids`` for Qwen-VL, ``token_type_ids`` for Gemma3), or None.
+        video: how a video enters the prompt, for families with a video path; else None.
+        image_blocks: whether the model lets the tokens of one contiguous image run see each other by
+            itself (Gemma3's bidirectional image blocks), so the dense references add them.
+        prefix_lm: whether ``token_type_key`` marks PaliGemma's prefix (0 on the prompt) instead of modalities.
     """
 
     name: str
@@ -73,8 +115,18 @@ class TinyVLM:
     image_block: list[int]
     image_token_id: int
     image_shape: tuple[int, ...]
-    collate: Callable[[list[list[torch.Tensor]]], dict[str, torch.Tensor]]
+    collate: Collate
     token_type_key: str | None = None
+    video: VideoSpec | None = None
+    image_blocks: bool = False
+    prefix_lm: bool = False
+
+    def modality(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """long, shaped as ``input_ids``: 1 on image placeholders, 2 on video placeholders, else 0."""
+        modality = (input_ids == self.image_token_id).long()
+        if self.video is not None:
+            modality[input_ids == self.video.token_id] = 2
+        return modality
 
 
 def build_batch(vlm: TinyVLM, prompts: Sequence[Sequence[Any]], seeds: Sequence[int] | None = None) -> dict:
@@ -91,20 +143,27 @@ def build_batch(vlm: TinyVLM, prompts: Sequence[Sequence[Any]], seeds: Sequence[
         and the family's per-token type ids (long ``[B, L]``, 1 on image placeholders) when it has them.
     """
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
-    rows, images = [], []
+    rows, images, videos = [], [], []
     for segments, seed in zip(prompts, seeds, strict=True):
-        ids, row_images = [vlm.tokenizer.bos_token_id], []
+        ids, row_images, row_videos = [vlm.tokenizer.bos_token_id], [], []
         for seg in segments:
             if seg is IMAGE:
                 ids += vlm.image_block
                 gen = torch.Generator().manual_seed(1000 * seed + len(row_images))
                 row_images.append(torch.randn(vlm.image_shape, generator=gen))
+            elif seg is VIDEO:
+                if vlm.video is None:
+                    raise ValueError(f"{vlm.name} has no video path")
+                ids += vlm.video.block
+                gen = torch.Generator().manual_seed(1000 * seed + 500 + len(row_videos))
+                row_videos.append(torch.randn(vlm.video.shape, generator=gen))
             else:
                 ids += vlm.tokenizer.convert_tokens_to_ids(seg.split())
         if vlm.tokenizer.unk_token_id in ids:
             raise ValueError(f"a word of {segments!r} is not in the tiny vocabulary")
         rows.append(ids)
         images.append(row_images)
+        videos.append(row_videos)
     length = max(len(r) for r in rows)
     pad = vlm.tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (length - len(r)) + r for r in rows])
@@ -112,8 +171,10 @@ def build_batch(vlm: TinyVLM, prompts: Sequence[Sequence[Any]], seeds: Sequence[
     inputs: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
     if any(images):
         inputs.update(vlm.collate(images))
+    if any(videos):
+        inputs.update(vlm.video.collate(videos))
     if vlm.token_type_key is not None:
-        inputs[vlm.token_type_key] = (input_ids == vlm.image_token_id).long()
+        inputs[vlm.token_type_key] = torch.zeros_like(input_ids) if vlm.prefix_lm else vlm.modality(input_ids)
     return inputs
 
 
@@ -189,6 +250,7 @@ def llava_next() -> TinyVLM:
 
 QWEN_SPECIAL = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 QWEN_GRID = (1, 4, 4)  # (t, h, w) patches of 14x14; 2x2 spatial merge -> 4 tokens per image
+QWEN_VIDEO_GRID = (2, 4, 4)  # 4 frames, temporal patch 2 -> 2 groups of 4 tokens per video
 
 
 def _qwen_ids(tok: PreTrainedTokenizerFast) -> dict[str, int]:
@@ -196,18 +258,40 @@ def _qwen_ids(tok: PreTrainedTokenizerFast) -> dict[str, int]:
     return dict(vision_start_token_id=start, vision_end_token_id=end, image_token_id=image, video_token_id=video)
 
 
-def _qwen_collate(images: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Qwen-VL pixels: all patches of all images in one ``[patches, C * T * P * P]`` tensor + their grids."""
-    flat = [im for row in images for im in row]
-    return {"pixel_values": torch.cat(flat), "image_grid_thw": torch.tensor([list(QWEN_GRID)] * len(flat))}
+def _qwen_collate(kind: str = "image", grid: tuple[int, int, int] = QWEN_GRID) -> Collate:
+    """Qwen-VL pixels: all patches of all images (or videos) in one ``[patches, C * T * P * P]`` tensor + grids."""
+    suffix = "" if kind == "image" else "_videos"
+
+    def collate(items: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        flat = [x for row in items for x in row]
+        return {f"pixel_values{suffix}": torch.cat(flat), f"{kind}_grid_thw": torch.tensor([list(grid)] * len(flat))}
+
+    return collate
 
 
-def _qwen_vlm(name: str, model: PreTrainedModel, tok: PreTrainedTokenizerFast) -> TinyVLM:
+def _qwen_vlm(name: str, model: PreTrainedModel, tok: PreTrainedTokenizerFast, patch: int = 14,
+              frames_apart: bool = False) -> TinyVLM:
+    """A tiny Qwen-VL: images of :data:`QWEN_GRID` patches, videos of :data:`QWEN_VIDEO_GRID` (4 frames).
+
+    ``frames_apart``: the video's temporal groups are written one per ``<|vision_start|> .. <|vision_end|>``
+    with a timestamp word before each, as Qwen3-VL's processor writes them; else one run (Qwen2-VL).
+    """
     ids = _qwen_ids(tok)
+    start, end = ids["vision_start_token_id"], ids["vision_end_token_id"]
     t, h, w = QWEN_GRID
-    block = [ids["vision_start_token_id"]] + [ids["image_token_id"]] * (t * h * w // 4) + [ids["vision_end_token_id"]]
-    shape = (t * h * w, 3 * 2 * 14 * 14)  # patches x (channels * temporal patch * patch * patch)
-    return TinyVLM(name, model, tok, block, ids["image_token_id"], shape, _qwen_collate, "mm_token_type_ids")
+    block = [start] + [ids["image_token_id"]] * (t * h * w // 4) + [end]
+    shape = (t * h * w, 3 * 2 * patch * patch)  # patches x (channels * temporal patch * patch * patch)
+    vt, vh, vw = QWEN_VIDEO_GRID
+    per_group = [ids["video_token_id"]] * (vh * vw // 4)
+    if frames_apart:
+        stamps = tok.convert_tokens_to_ids([str(k) for k in range(vt)])
+        video_block = [x for k in range(vt) for x in [stamps[k], start, *per_group, end]]
+    else:
+        video_block = [start] + per_group * vt + [end]
+    video = VideoSpec(video_block, ids["video_token_id"], (vt * vh * vw, 3 * 2 * patch * patch),
+                      _qwen_collate("video", QWEN_VIDEO_GRID))
+    return TinyVLM(name, model, tok, block, ids["image_token_id"], shape, _qwen_collate(), "mm_token_type_ids",
+                   video=video)
 
 
 def _qwen_text(tok: PreTrainedTokenizerFast) -> dict[str, Any]:
@@ -264,17 +348,22 @@ def idefics3() -> TinyVLM:
     )
     model = _finish(_seeded(lambda: Idefics3ForConditionalGeneration(config)), tok)
 
+    block = [fake, glob] + [image_id] * 4 + [fake]
+    return TinyVLM("idefics3", model, tok, block, image_id, (3, 32, 32), _padded_images(32))
+
+
+def _padded_images(size: int) -> Collate:
+    """``[B, max images, C, H, W]``; all-zero images pad the rows with fewer images (the model drops them)."""
+
     def collate(images: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
-        # [B, max images, C, H, W]; all-zero images pad the rows with fewer images (the model drops them)
         most = max(len(row) for row in images)
-        pixel_values = torch.zeros(len(images), most, 3, 32, 32)
+        pixel_values = torch.zeros(len(images), most, 3, size, size)
         for b, row in enumerate(images):
             for k, im in enumerate(row):
                 pixel_values[b, k] = im
         return {"pixel_values": pixel_values}
 
-    block = [fake, glob] + [image_id] * 4 + [fake]
-    return TinyVLM("idefics3", model, tok, block, image_id, (3, 32, 32), collate)
+    return collate
 
 
 # --- Gemma3 ----------------------------------------------------------------------------------------
@@ -306,7 +395,8 @@ def gemma3() -> TinyVLM:
     model = _finish(_seeded(lambda: _gemma3_with_projection(config)), tok)
 
     block = [boi] + [image_id] * 4 + [eoi]
-    return TinyVLM("gemma3", model, tok, block, image_id, (3, 32, 32), _stack(), token_type_key="token_type_ids")
+    return TinyVLM("gemma3", model, tok, block, image_id, (3, 32, 32), _stack(), token_type_key="token_type_ids",
+                  image_blocks=True)
 
 
 def _gemma3_with_projection(config: Gemma3Config) -> Gemma3ForConditionalGeneration:
@@ -340,6 +430,174 @@ def internvl() -> TinyVLM:
     return TinyVLM("internvl", model, tok, block, image_id, (3, 32, 32), _stack())
 
 
+def qwen3_vl() -> TinyVLM:
+    """Qwen3-VL: interleaved M-RoPE text model, 16x16 patches, 2x2 merge, deepstack features added after layer 0.
+
+    A video's frames sit in separate vision start/end spans, each after a timestamp word (as the
+    processor writes ``<t seconds>``), so each temporal group is its own run of video tokens.
+    """
+    tok = _tokenizer(*QWEN_SPECIAL)
+    text = _qwen_text(tok)
+    text["head_dim"] = HIDDEN // HEADS
+    text["rope_parameters"] = {**text["rope_parameters"], "mrope_interleaved": True}
+    config = Qwen3VLConfig(
+        text_config=text,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=HIDDEN,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
+                           deepstack_visual_indexes=[0]),
+        **_qwen_ids(tok),
+    )
+    model = _finish(_seeded(lambda: Qwen3VLForConditionalGeneration(config)), tok)
+    return _qwen_vlm("qwen3_vl", model, tok, patch=16, frames_apart=True)
+
+
+# --- LLaVA-OneVision -------------------------------------------------------------------------------
+
+ONEVISION_FRAMES = 3
+
+
+def llava_onevision() -> TinyVLM:
+    """LLaVA-OneVision: SigLIP tower on 32x32 tiles of 16x16 patches, anyres-max, and its video path.
+
+    A 32x64 image: 4 base tokens + a 2x4 grid of tile features that ``anyres_max_1`` shrinks to 1x2, + one
+    ``image_newline`` per row = 7 placeholders. A video of 3 frames: each frame's 2x2 features pooled to
+    1x1, + one trailing newline = 4 video placeholders, all contiguous.
+    """
+    tok = _tokenizer("<video>")
+    image_id, video_id = tok.convert_tokens_to_ids(["<image>", "<video>"])
+    config = LlavaOnevisionConfig(
+        text_config=_llama(tok, cls=Qwen2Config),
+        vision_config=SiglipVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            image_size=32, patch_size=16,
+        ),
+        image_token_index=image_id, video_token_index=video_id, image_grid_pinpoints=[[32, 64]],
+        vision_feature_layer=-1, vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_1",
+    )
+    model = _finish(_seeded(lambda: LlavaOnevisionForConditionalGeneration(config)), tok)
+
+    def collate(images: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        flat = [im for row in images for im in row]  # per image: base tile + the 1x2 grid of tiles
+        return {"pixel_values": torch.stack(flat), "image_sizes": torch.tensor([[32, 64]] * len(flat))}
+
+    def collate_videos(videos: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {"pixel_values_videos": torch.stack([v for row in videos for v in row])}
+
+    with torch.no_grad():
+        n_image = model.model.get_image_features(**collate([[torch.zeros(3, 3, 32, 32)]]), return_dict=True)
+        n_video = model.model.get_video_features(torch.zeros(1, ONEVISION_FRAMES, 3, 32, 32), return_dict=True)
+    n_image, n_video = n_image.pooler_output[0].shape[0], n_video.pooler_output.shape[1]
+    video = VideoSpec([video_id] * n_video, video_id, (ONEVISION_FRAMES, 3, 32, 32), collate_videos)
+    return TinyVLM("llava_onevision", model, tok, [image_id] * n_image, image_id, (3, 3, 32, 32), collate,
+                   video=video)
+
+
+# --- Mistral3 / Pixtral ----------------------------------------------------------------------------
+
+PIXTRAL_SPECIAL = ("[IMG]", "[IMG_BREAK]", "[IMG_END]")
+
+
+def mistral3() -> TinyVLM:
+    """Mistral3 (Pixtral tower): 32x32 images of 8x8 patches, 2x2 patch merger -> a 2x2 grid of ``[IMG]``.
+
+    As Pixtral's processor writes an image: each row of ``[IMG]`` ends with ``[IMG_BREAK]``, the last
+    row with ``[IMG_END]`` instead; only ``[IMG]`` carries vision features.
+    """
+    tok = _tokenizer(*PIXTRAL_SPECIAL)
+    image_id, brk, end = tok.convert_tokens_to_ids(list(PIXTRAL_SPECIAL))
+    config = Mistral3Config(
+        text_config=_llama(tok, cls=MistralConfig, head_dim=HIDDEN // HEADS),
+        vision_config=PixtralVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            image_size=32, patch_size=8, head_dim=16,
+        ),
+        image_token_index=image_id, spatial_merge_size=2, vision_feature_layer=-1,
+    )
+    model = _finish(_seeded(lambda: Mistral3ForConditionalGeneration(config)), tok)
+
+    def collate(images: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        flat = [im for row in images for im in row]
+        return {"pixel_values": torch.stack(flat), "image_sizes": torch.tensor([[32, 32]] * len(flat))}
+
+    block = [image_id, image_id, brk, image_id, image_id, end]
+    return TinyVLM("mistral3", model, tok, block, image_id, (3, 32, 32), collate)
+
+
+# --- PaliGemma / PaliGemma2 ------------------------------------------------------------------------
+
+
+def _paligemma(name: str, text_config: Any, tok: PreTrainedTokenizerFast) -> TinyVLM:
+    """PaliGemma: SigLIP tower on 16x16 images of 8x8 patches -> 4 ``<image>`` tokens, Gemma(2) text model.
+
+    Its inputs carry ``token_type_ids`` as PaliGemma's processor writes them: 0 on the whole prompt
+    (the bidirectional prefix); appended tokens are the causal suffix (1).
+    """
+    image_id = tok.convert_tokens_to_ids("<image>")
+    config = PaliGemmaConfig(
+        text_config=text_config,
+        vision_config=SiglipVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            image_size=16, patch_size=8, projection_dim=HIDDEN,
+        ),
+        image_token_index=image_id, projection_dim=HIDDEN,
+    )
+    model = _finish(_seeded(lambda: PaliGemmaForConditionalGeneration(config)), tok)
+    return TinyVLM(name, model, tok, [image_id] * 4, image_id, (3, 16, 16), _stack(), token_type_key="token_type_ids",
+                   prefix_lm=True)
+
+
+def _gemma_text(tok: PreTrainedTokenizerFast, cls=GemmaConfig, **kw) -> Any:
+    return cls(
+        vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=2,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=16, max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **kw,
+    )
+
+
+def paligemma() -> TinyVLM:
+    """PaliGemma (v1): Gemma text model, full attention."""
+    tok = _tokenizer()
+    return _paligemma("paligemma", _gemma_text(tok), tok)
+
+
+def paligemma2() -> TinyVLM:
+    """PaliGemma2: Gemma2 text model, a sliding-window layer then a global one, attention logit softcapping."""
+    tok = _tokenizer()
+    text = _gemma_text(tok, cls=Gemma2Config, sliding_window=GEMMA_WINDOW, query_pre_attn_scalar=16,
+                       layer_types=["sliding_attention", "full_attention"], attn_logit_softcapping=2.0,
+                       final_logit_softcapping=30.0)
+    return _paligemma("paligemma2", text, tok)
+
+
+# --- SmolVLM ---------------------------------------------------------------------------------------
+
+SMOLVLM_SPECIAL = ("<fake_token_around_image>", "<global-img>", "<end_of_utterance>")
+
+
+def smolvlm(image_size: int = 32, patch_size: int = 8, extra_words: Sequence[str] = ()) -> TinyVLM:
+    """SmolVLM: Idefics3's layout on the SmolVLM classes; 32x32 images of 8x8 patches, pixel shuffle x2 -> 4 tokens.
+
+    ``image_size`` / ``patch_size`` / ``extra_words`` size it for a real processor's output (tile grids,
+    ``<row_i_col_j>`` tokens).
+    """
+    tok = _tokenizer(*SMOLVLM_SPECIAL, *extra_words)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    fake, glob = tok.convert_tokens_to_ids(list(SMOLVLM_SPECIAL[:2]))
+    config = SmolVLMConfig(
+        text_config=_llama(tok),
+        vision_config=SmolVLMVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            image_size=image_size, patch_size=patch_size,
+        ),
+        image_token_id=image_id, scale_factor=2, pad_token_id=tok.pad_token_id,
+    )
+    model = _finish(_seeded(lambda: SmolVLMForConditionalGeneration(config)), tok)
+    n_tokens = (image_size // patch_size) ** 2 // 4
+    block = [fake, glob] + [image_id] * n_tokens + [fake]
+    return TinyVLM("smolvlm", model, tok, block, image_id, (3, image_size, image_size), _padded_images(image_size))
+
+
+
 FAMILIES: dict[str, Callable[[], TinyVLM]] = {
     "llava_next": llava_next,
     "qwen2_vl": qwen2_vl,
@@ -347,4 +605,15 @@ FAMILIES: dict[str, Callable[[], TinyVLM]] = {
     "idefics3": idefics3,
     "gemma3": gemma3,
     "internvl": internvl,
+    "qwen3_vl": qwen3_vl,
+    "llava_onevision": llava_onevision,
+    "mistral3": mistral3,
+    "smolvlm": smolvlm,
 }
+"""The families every check of tests/test_families.py runs on."""
+
+PREFIX_LM_FAMILIES: dict[str, Callable[[], TinyVLM]] = {"paligemma": paligemma, "paligemma2": paligemma2}
+"""Families whose own prompt mask is a bidirectional prefix (``token_type_ids == 0``), checked on their own."""
+
+VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision")
+"""The families built with a video path (:attr:`TinyVLM.video`)."""

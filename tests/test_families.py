@@ -1,4 +1,4 @@
-"""futuremask on each VLM family (LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Idefics3, Gemma3, InternVL).
+"""futuremask on each VLM family of :data:`families.FAMILIES` (docs/models.md), images and videos.
 
 Every check compares the model under ``fm.apply`` with an independent computation: the untouched
 model, or the untouched model given a dense boolean mask written here from DESIGN §3's table
@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import FAMILIES, IMAGE, TinyVLM, build_batch, build_inputs
+from families import (
+    FAMILIES,
+    IMAGE,
+    PREFIX_LM_FAMILIES,
+    VIDEO,
+    VIDEO_FAMILIES,
+    TinyVLM,
+    build_batch,
+    build_inputs,
+)
 
 import futuremask as fm
+from futuremask.layout import TokenLayout
 
 FUTURE_POLICIES = ("future", "future_v2v", "future_v2t", "mma")
 IMAGE_PROMPT = ["USER:", IMAGE, "what is left of", IMAGE, "the red circle ? ASSISTANT:"]
 ONE_IMAGE_PROMPT = ["USER:", IMAGE, "what color is the circle ? ASSISTANT:"]
 TEXT_PROMPT = ["USER: what color is the red circle ? ASSISTANT:"]
+VIDEO_PROMPT = ["USER:", VIDEO, "what is in the last frame ? ASSISTANT:"]
+MIXED_PROMPT = ["USER:", IMAGE, "and", VIDEO, "what is in the first frame ? ASSISTANT:"]
 NEW_TOKENS = 4
 
 
@@ -32,10 +44,11 @@ def definition_mask(policy: str, input_ids: torch.Tensor, vlm: TinyVLM, prompt_l
     """bool ``[L, L]`` from DESIGN §3 for one unpadded sequence whose first ``prompt_len`` positions
     (default: all) are the prompt and the rest a continuation.
 
-    For Gemma3 the model's own image-bidirectional blocks (same contiguous image run) are added,
-    since futuremask ORs the policy on top of Gemma3's mask.
+    Image placeholders have modality 1, video placeholders 2. For Gemma3 the model's own
+    image-bidirectional blocks (same contiguous image run) are added, since futuremask ORs the policy
+    on top of Gemma3's mask.
     """
-    modality = (input_ids == vlm.image_token_id).long()
+    modality = vlm.modality(input_ids)
     vis = modality.bool()
     length = len(input_ids)
     prompt = torch.arange(length) < (length if prompt_len is None else prompt_len)
@@ -48,16 +61,17 @@ def definition_mask(policy: str, input_ids: torch.Tensor, vlm: TinyVLM, prompt_l
         "future_v2t": vis[i] & ~vis[j] & prompt[j],
         "mma": (modality[i] != modality[j]) & prompt[i] & prompt[j],
     }[policy]
-    return (j <= i) | extra | (image_blocks(vis) if vlm.name == "gemma3" else False)
+    return (j <= i) | extra | (image_blocks(modality) if vlm.image_blocks else False)
 
 
-def image_blocks(vis: torch.Tensor) -> torch.Tensor:
-    """bool ``[L, L]``: pairs inside one contiguous run of image tokens (Gemma3's bidirectional blocks)."""
+def image_blocks(modality: torch.Tensor) -> torch.Tensor:
+    """bool ``[L, L]``: pairs inside one contiguous run of visual tokens of one modality (``modality`` long
+    ``[L]``, 0 text), Gemma3's bidirectional blocks."""
     run, runs = -1, []
-    for k in range(len(vis)):
-        if vis[k] and (k == 0 or not vis[k - 1]):
+    for k in range(len(modality)):
+        if modality[k] and (k == 0 or modality[k] != modality[k - 1]):
             run += 1
-        runs.append(run if vis[k] else -1)
+        runs.append(run if modality[k] else -1)
     runs = torch.tensor(runs)
     return (runs[:, None] == runs[None, :]) & (runs[:, None] >= 0)
 
@@ -66,28 +80,42 @@ def _positions(vlm: TinyVLM, inputs: dict) -> torch.Tensor | None:
     """Position ids of the prompt as the model computes them (M-RoPE for Qwen-VL), else None."""
     if "mm_token_type_ids" not in inputs:
         return None
-    kw = {k: inputs[k] for k in ("image_grid_thw", "mm_token_type_ids", "attention_mask") if k in inputs}
+    kw = {k: inputs[k] for k in ("image_grid_thw", "video_grid_thw", "mm_token_type_ids", "attention_mask") if k in inputs}
     return vlm.model.model.get_rope_index(inputs["input_ids"], **kw)[0]
 
 
-def dense_forward(vlm: TinyVLM, inputs: dict, mask: torch.Tensor, use_cache: bool = False):
+def dense_forward(vlm: TinyVLM, inputs: dict, mask: torch.Tensor, use_cache: bool = False,
+                  sliding: torch.Tensor | None = None):
     """The untouched model's forward with an explicit boolean mask ``[L, L]`` on every text layer.
 
-    Gemma3's sliding-window layers get ``mask`` cut to the window's reach into the past
-    (``j > i - window``), the way Gemma3 cuts its own image blocks.
+    Sliding-window layers (Gemma3's, PaliGemma2's) get ``sliding`` (bool ``[L, L]``), by default ``mask``
+    cut to the window's reach into the past (``j > i - window``), the way Gemma3 cuts its own image
+    blocks: a pre-hook hands it to those layers.
     """
     call = {k: v for k, v in inputs.items() if k not in ("attention_mask", "token_type_ids", "mm_token_type_ids")}
     call["attention_mask"] = mask[None, None]
-    if vlm.name == "gemma3":
-        length = mask.shape[0]
-        i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
-        window = vlm.model.config.get_text_config().sliding_window
-        call["attention_mask"] = {"full_attention": mask[None, None], "sliding_attention": (mask & (j > i - window))[None, None]}
     positions = _positions(vlm, inputs)
     if positions is not None:
         call["position_ids"] = positions
-    with torch.no_grad():
-        return vlm.model(**call, use_cache=use_cache)
+    text = vlm.model.config.get_text_config()
+    sliding_layers = [k for k, kind in enumerate(getattr(text, "layer_types", None) or ()) if kind == "sliding_attention"]
+    hooks = []
+    if sliding_layers:
+        windowed = (mask & window(mask.shape[0], text.sliding_window) if sliding is None else sliding)[None, None]
+        layers = vlm.model.model.language_model.layers
+        hooks = [layers[k].register_forward_pre_hook(lambda m, a, kw: (a, {**kw, "attention_mask": windowed}),
+                                                     with_kwargs=True) for k in sliding_layers]
+    try:
+        with torch.no_grad():
+            return vlm.model(**call, use_cache=use_cache)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def window(length: int, size: int) -> torch.Tensor:
+    """bool ``[L, L]``: keys within ``size`` positions of the past, and every future key (``j > i - size``)."""
+    return torch.arange(length)[None, :] > torch.arange(length)[:, None] - size
 
 
 def manual_greedy(vlm: TinyVLM, inputs: dict, prefill, steps: int) -> tuple[list[int], list[torch.Tensor]]:
@@ -179,7 +207,7 @@ def test_image_bidirectional_is_gemma3s_block_mask(vlm):
     with fm.apply(vlm.model, "image_bidirectional"):
         got = logits_of(vlm, inputs)
     causal = torch.arange(len(ids))[None, :] <= torch.arange(len(ids))[:, None]
-    expected = dense_forward(vlm, inputs, causal | image_blocks(ids == vlm.image_token_id)).logits
+    expected = dense_forward(vlm, inputs, causal | image_blocks(vlm.modality(ids))).logits
     assert (got - expected).abs().max() <= 1e-5
     if vlm.name == "gemma3":  # what Gemma3 does by itself
         assert (got - logits_of(vlm, inputs)).abs().max() <= 1e-6
@@ -281,3 +309,192 @@ def test_gemma3_keeps_its_image_blocks():
         got = logits_of(vlm, inputs)
     expected = dense_forward(vlm, inputs, definition_mask("future_v2t", ids, vlm)).logits
     assert (got - expected).abs().max() <= 1e-5
+
+
+# --- videos: placeholders of modality 2, visual under every policy ---------------------------------
+
+
+@pytest.fixture(scope="module", params=VIDEO_FAMILIES)
+def video_vlm(request) -> TinyVLM:
+    return FAMILIES[request.param]()
+
+
+@pytest.mark.parametrize("policy", FUTURE_POLICIES)
+def test_video_policy_matches_dense_definition(video_vlm, policy):
+    """Video tokens are visual (modality 2): frames see later frames under future_v2v, and under mma an
+    image's rows see a later video (another modality), which they would not if video counted as image."""
+    for segments in (VIDEO_PROMPT, MIXED_PROMPT):
+        inputs = build_inputs(video_vlm, segments)
+        ids = inputs["input_ids"][0]
+        layout = TokenLayout.from_inputs(video_vlm.model.config, input_ids=inputs["input_ids"],
+                                         mm_token_type_ids=inputs.get("mm_token_type_ids"))
+        assert layout.modality[0].tolist() == video_vlm.modality(ids).tolist()
+        assert (layout.modality == 2).sum() == len([t for t in video_vlm.video.block if t == video_vlm.video.token_id])
+        with fm.apply(video_vlm.model, policy):
+            got = logits_of(video_vlm, inputs)
+        with fm.apply(video_vlm.model, policy, backend="eager"):
+            got_eager = logits_of(video_vlm, inputs)
+        expected = dense_forward(video_vlm, inputs, definition_mask(policy, ids, video_vlm)).logits
+        assert (got - expected).abs().max() <= 1e-5
+        assert (got_eager - expected).abs().max() <= 1e-5
+        assert (got[0, -1] - logits_of(video_vlm, inputs)[0, -1]).abs().max() > 1e-4
+    if policy == "mma":  # inputs: the mixed prompt
+        as_image = (definition_mask("mma", torch.where(ids == video_vlm.video.token_id, video_vlm.image_token_id, ids),
+                                    video_vlm))
+        assert not torch.equal(as_image, definition_mask("mma", ids, video_vlm))
+        assert (dense_forward(video_vlm, inputs, as_image).logits - got).abs().max() > 1e-4
+
+
+def test_video_image_bidirectional_is_one_block_per_contiguous_run(video_vlm):
+    """image_bidirectional: one block per contiguous run of video placeholders. Qwen2-VL, Qwen2.5-VL and
+    LLaVA-OneVision write a video's frames as one run (one block, all frames); Qwen3-VL puts a timestamp
+    and vision start/end between frames, so each frame is its own block."""
+    inputs = build_inputs(video_vlm, MIXED_PROMPT)
+    ids = inputs["input_ids"][0]
+    layout = TokenLayout.from_inputs(video_vlm.model.config, input_ids=inputs["input_ids"],
+                                     mm_token_type_ids=inputs.get("mm_token_type_ids"))
+    video_runs = layout.visual_run[0][layout.modality[0] == 2].unique()
+    assert len(video_runs) == (2 if video_vlm.name == "qwen3_vl" else 1)
+    with fm.apply(video_vlm.model, "image_bidirectional"):
+        got = logits_of(video_vlm, inputs)
+    causal = torch.arange(len(ids))[None, :] <= torch.arange(len(ids))[:, None]
+    expected = dense_forward(video_vlm, inputs, causal | image_blocks(video_vlm.modality(ids))).logits
+    assert (got - expected).abs().max() <= 1e-5
+    assert (got - logits_of(video_vlm, inputs)).abs().max() > 1e-4
+
+
+def test_video_generate_is_policy_prefill_then_causal_decode(video_vlm):
+    inputs = build_inputs(video_vlm, MIXED_PROMPT)
+    length = inputs["input_ids"].shape[1]
+    with fm.apply(video_vlm.model, "future_v2v"):
+        out = generate(video_vlm, inputs)
+    prefill = dense_forward(video_vlm, inputs, definition_mask("future_v2v", inputs["input_ids"][0], video_vlm),
+                            use_cache=True)
+    tokens, step_logits = manual_greedy(video_vlm, inputs, prefill, NEW_TOKENS)
+    assert out.sequences[0, length:].tolist() == tokens
+    for got, want in zip(out.logits, step_logits, strict=True):
+        assert (got[0] - want).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("policy", ["future", "mma"])
+def test_video_continuation_logprob_matches_dense_definition(video_vlm, policy):
+    inputs = build_inputs(video_vlm, MIXED_PROMPT)
+    prompt_len = inputs["input_ids"].shape[1]
+    cont = torch.tensor([video_vlm.tokenizer.convert_tokens_to_ids("a red circle".split())])
+    got = fm.continuation_logprob(video_vlm.model, inputs, cont, policy=policy)
+    full = {**inputs, "input_ids": torch.cat([inputs["input_ids"], cont], 1)}
+    full["attention_mask"] = torch.ones_like(full["input_ids"])
+    if video_vlm.token_type_key is not None:
+        full[video_vlm.token_type_key] = torch.nn.functional.pad(inputs[video_vlm.token_type_key], (0, cont.shape[1]))
+    mask = definition_mask(policy, full["input_ids"][0], video_vlm, prompt_len=prompt_len)
+    logits = dense_forward(video_vlm, full, mask).logits[0, prompt_len - 1 : -1]
+    want = torch.log_softmax(logits, -1).gather(-1, cont[0, :, None]).sum()
+    assert abs(float(got[0]) - float(want)) <= 1e-5
+
+
+# --- Mistral3 / Pixtral: only [IMG] is visual ------------------------------------------------------
+
+
+def test_mistral3_only_img_placeholders_are_visual():
+    """[IMG] carries the vision features; [IMG_BREAK] / [IMG_END] are text embeddings and stay text, also
+    when a processor's mm_token_type_ids marks them (PixtralProcessor.image_token_ids lists all three)."""
+    vlm = FAMILIES["mistral3"]()
+    inputs = build_inputs(vlm, IMAGE_PROMPT)
+    ids = inputs["input_ids"]
+    brk, end = vlm.tokenizer.convert_tokens_to_ids(["[IMG_BREAK]", "[IMG_END]"])
+    assert int((ids == brk).sum()) == 2 and int((ids == end).sum()) == 2
+    with torch.no_grad():
+        embeds = vlm.model.get_input_embeddings()(ids)
+        replaced = vlm.model.model.get_placeholder_mask(ids, inputs_embeds=embeds, image_features=torch.zeros(8, embeds.shape[-1]))
+    config = vlm.model.config
+    assert torch.equal(TokenLayout.from_inputs(config, input_ids=ids).visual, replaced[..., 0])
+    marked = torch.isin(ids, torch.tensor([vlm.image_token_id, brk, end])).long()
+    assert torch.equal(TokenLayout.from_inputs(config, input_ids=ids, mm_token_type_ids=marked).visual, replaced[..., 0])
+
+
+# --- PaliGemma / PaliGemma2: the prefix-LM mask stays, policies are ORed on top -----------------------
+
+
+@pytest.fixture(scope="module", params=list(PREFIX_LM_FAMILIES))
+def prefix_vlm(request) -> TinyVLM:
+    return PREFIX_LM_FAMILIES[request.param]()
+
+
+def prefix_forward(vlm: TinyVLM, inputs: dict, prompt_len: int):
+    """The untouched model with PaliGemma's mask written out: causal, OR every pair inside the first
+    ``prompt_len`` positions (the prefix). On sliding layers only the causal part is windowed: transformers
+    ORs the prefix block onto the sliding-window mask, so the prefix stays whole there."""
+    length = inputs["input_ids"].shape[1]
+    i, j = torch.arange(length)[:, None], torch.arange(length)[None, :]
+    block = (i < prompt_len) & (j < prompt_len)
+    causal = j <= i
+    size = getattr(vlm.model.config.get_text_config(), "sliding_window", None) or length
+    return dense_forward(vlm, inputs, causal | block, sliding=(causal & window(length, size)) | block)
+
+
+def test_prefix_lm_causal_is_the_stock_prefix_mask(prefix_vlm):
+    """`causal` on PaliGemma is the stock model: the whole prompt (image and text) sees itself both ways."""
+    inputs = build_inputs(prefix_vlm, IMAGE_PROMPT)
+    length = inputs["input_ids"].shape[1]
+    stock = logits_of(prefix_vlm, inputs)
+    assert (prefix_forward(prefix_vlm, inputs, length).logits - stock).abs().max() <= 1e-5
+    assert (prefix_forward(prefix_vlm, inputs, 0).logits - stock).abs().max() > 1e-3
+    backends = ("auto", "eager") if prefix_vlm.name == "paligemma2" else ("auto", "sdpa", "eager")
+    for backend in backends:
+        with fm.apply(prefix_vlm.model, "causal", backend=backend):
+            assert (logits_of(prefix_vlm, inputs) - stock).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("policy", (*FUTURE_POLICIES, "image_bidirectional"))
+def test_prefix_lm_policies_add_nothing_to_the_prompt(prefix_vlm, policy):
+    """Every prompt pair is already allowed by the prefix block, so a policy changes neither the prefill
+    nor what generate() yields."""
+    inputs = build_inputs(prefix_vlm, IMAGE_PROMPT)
+    stock, stock_out = logits_of(prefix_vlm, inputs), generate(prefix_vlm, inputs)
+    with fm.apply(prefix_vlm.model, policy):
+        assert (logits_of(prefix_vlm, inputs) - stock).abs().max() <= 1e-6
+        out = generate(prefix_vlm, inputs)
+    assert torch.equal(out.sequences, stock_out.sequences)
+    for got, want in zip(out.logits, stock_out.logits, strict=True):
+        assert (got - want).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("policy", ("causal", "future", "mma"))
+def test_prefix_lm_continuation_is_its_causal_suffix(prefix_vlm, policy):
+    """A scored continuation is PaliGemma's suffix (token_type_ids 1): causal, and unseen by the prefix.
+
+    Checked against the untouched model given the processor's suffix types, and for PaliGemma (v1) also
+    against the mask written out (PaliGemma2's dense reference is not reproduced here, see docs/models.md).
+    """
+    inputs = build_inputs(prefix_vlm, IMAGE_PROMPT)
+    prompt_len = inputs["input_ids"].shape[1]
+    cont = torch.tensor([prefix_vlm.tokenizer.convert_tokens_to_ids("the red circle is left".split())])
+    got = fm.continuation_logprob(prefix_vlm.model, inputs, cont, policy=policy)
+    full = {**inputs, "input_ids": torch.cat([inputs["input_ids"], cont], 1)}
+    full["attention_mask"] = torch.ones_like(full["input_ids"])
+    full["token_type_ids"] = torch.nn.functional.pad(inputs["token_type_ids"], (0, cont.shape[1]), value=1)
+    references = [logits_of(prefix_vlm, full)]
+    if prefix_vlm.name == "paligemma":
+        references.append(prefix_forward(prefix_vlm, full, prompt_len).logits)
+    for logits in references:
+        want = torch.log_softmax(logits[0, prompt_len - 1 : -1], -1).gather(-1, cont[0, :, None]).sum()
+        assert abs(float(got[0]) - float(want)) <= 1e-5
+
+
+def test_prefix_lm_without_token_type_ids_is_refused(prefix_vlm):
+    inputs = build_inputs(prefix_vlm, IMAGE_PROMPT)
+    del inputs["token_type_ids"]
+    for policy in ("causal", "future"):
+        with fm.apply(prefix_vlm.model, policy), pytest.raises(ValueError, match="Pass the processor's token_type_ids"):
+            logits_of(prefix_vlm, inputs)
+
+
+def test_softcapped_attention_runs_on_eager_only():
+    """PaliGemma2 (Gemma2) caps its attention logits: auto picks the eager kernel, which computes the cap,
+    and the kernels that cannot are refused instead of silently dropping it."""
+    vlm = PREFIX_LM_FAMILIES["paligemma2"]()
+    with fm.apply(vlm.model, "future") as handle:
+        assert handle.backend == "eager"
+    for kwargs in ({"backend": "sdpa"}, {"backend": "flex"}, {"merge": fm.Merge("kernel")}):
+        with pytest.raises(ValueError, match="attn_logit_softcapping=2.0"):
+            fm.apply(vlm.model, "future", **kwargs)

@@ -34,6 +34,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
+from .hf_families import check_supported, continuation_token_types, missing_prompt_input
 from .hf_masks import ACTIVE, Call, PromptSplitError, layer_mask, mask_builder
 from .hf_train import (
     WRAPPER_METHODS,
@@ -61,22 +62,29 @@ IMPL_PREFIX = "futuremask_"
 # --- attention functions (transformers' signature) --------------------------------------------------
 
 
+def _no_softcap(kwargs: dict) -> None:
+    if kwargs.get("softcap") is not None:  # apply() picks eager for these models; never drop the cap silently
+        raise ValueError("attention logit softcapping is computed only by futuremask's eager backend; use backend='eager'")
+
+
 def _sdpa_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    _no_softcap(kwargs)
     mask = layer_mask(module, attention_mask)  # FutureRows on a prompt pass's policy layer
     out = sdpa_attention(query, key, value, mask, scale=scaling, dropout=dropout)
     return out.transpose(1, 2).contiguous(), None
 
 
-def _eager_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+def _eager_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None, **kwargs):
     mask = layer_mask(module, attention_mask)
     mask = mask.dense() if isinstance(mask, FutureRows) else mask
     out, weights = eager_attention(
-        query, key, value, mask, scale=scaling, dropout=dropout, training=module.training
+        query, key, value, mask, scale=scaling, dropout=dropout, training=module.training, softcap=softcap
     )
     return out.transpose(1, 2).contiguous(), weights
 
 
 def _flex_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    _no_softcap(kwargs)
     if dropout:
         raise ValueError("futuremask's flex backend does not support attention dropout; use backend='sdpa'")
     out = flex_attention(query, key, value, layer_mask(module, attention_mask), scale=scaling)
@@ -84,6 +92,7 @@ def _flex_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=Non
 
 
 def _merge_fn(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    _no_softcap(kwargs)
     future = layer_mask(module, attention_mask)
     if not isinstance(future, FutureRows):  # a decoding step, or a layer the schedule leaves causal
         return _sdpa_fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling)
@@ -129,6 +138,15 @@ def _layout_inputs(args: tuple, kwargs: dict) -> dict[str, Any]:
 
 
 def _resolve_backend(model, backend: str, merge: Merge | None) -> str:
+    softcap = getattr(text_config(model.config), "attn_logit_softcapping", None)
+    if softcap is not None and (merge is not None or backend not in ("auto", "eager")):
+        raise ValueError(
+            f"{type(model).__name__} caps its attention logits (attn_logit_softcapping={softcap}, Gemma2-style), "
+            f"which only futuremask's eager kernel computes; use backend='eager' (or 'auto'), not {backend!r}"
+            + (" with a merge" if merge is not None else "")
+        )
+    if softcap is not None:
+        return "eager"
     if backend.startswith("flash"):
         raise ValueError(
             f"backend {backend!r}: FlashAttention cannot express future-aware masks (it only knows causal and "
@@ -181,6 +199,7 @@ class FutureMask:
         if getattr(model, "_futuremask", None) is not None:
             raise RuntimeError("futuremask is already applied to this model; call .remove() on that handle first")
         model, self.wrapper = unwrap(model)
+        check_supported(model)
         self.model = model
         self.policy = get_policy(policy)
         self.merge = Merge.coerce(merge)
@@ -242,7 +261,8 @@ class FutureMask:
                 )
             call = prepared  # generate() with a static cache made the mask before forward
         else:
-            call = Call(handle=self, inputs=_layout_inputs(args, kwargs))
+            call = Call(handle=self, inputs=_layout_inputs(args, kwargs),
+                        missing_input=missing_prompt_input(self.model.config, kwargs))
             check_training_call(self, module, call.inputs, lambda: call.layout)
             check_packed_cache(self, module, kwargs, call.inputs, text_config(self.model.config))
         if module.training and torch.is_grad_enabled():
@@ -253,7 +273,8 @@ class FutureMask:
 
     def _prepare_inputs_for_generation(self, *args, **kwargs):
         """generate() builds 4-D masks here for static caches: give the mask builder the layout."""
-        call = Call(handle=self, inputs=_layout_inputs(args, kwargs))
+        call = Call(handle=self, inputs=_layout_inputs(args, kwargs),
+                    missing_input=missing_prompt_input(self.model.config, kwargs))
         token = ACTIVE.set(call)
         try:
             model_inputs = self._original_prepare(*args, **kwargs)
@@ -407,12 +428,16 @@ def left_aligned(inputs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def with_continuation(inputs: Mapping[str, Any], cont: torch.Tensor, keep: torch.Tensor) -> dict[str, Any]:
+def with_continuation(
+    inputs: Mapping[str, Any], cont: torch.Tensor, keep: torch.Tensor, config: Any = None
+) -> dict[str, Any]:
     """Model inputs for prompt + continuation in one pass, the continuation outside the prompt region.
 
     Args:
         inputs: the processor's output for the prompts (``input_ids [B, Lp]``, ``attention_mask``, ...).
         cont: long ``[B, Lc]`` continuation ids; keep: bool ``[B, Lc]``, False on right padding.
+        config: the model's config: the per-token keys take its family's value on the continuation
+            (PaliGemma's ``token_type_ids`` 1, its causal suffix; 0 elsewhere).
 
     Returns:
         ``inputs`` with ``input_ids``, ``attention_mask`` and the per-token keys extended by ``Lc``, and a
@@ -424,9 +449,9 @@ def with_continuation(inputs: Mapping[str, Any], cont: torch.Tensor, keep: torch
     call = dict(inputs)
     call["input_ids"] = torch.cat([input_ids, cont], dim=1)
     call["attention_mask"] = torch.cat([prompt_valid.to(keep.dtype), keep], dim=1).long()
-    for key in PER_TOKEN_KEYS:
+    for key, value in continuation_token_types(config).items():
         if call.get(key) is not None:
-            call[key] = torch.nn.functional.pad(call[key], (0, cont.shape[1]), value=0)
+            call[key] = torch.nn.functional.pad(call[key], (0, cont.shape[1]), value=value)
     call["prompt_mask"] = torch.cat([prompt_valid.bool(), torch.zeros_like(keep)], dim=1)
     return call
 
@@ -466,7 +491,7 @@ def continuation_logprob(
     cont, keep = _pad_continuations(continuation_ids, batch_size, device)
     if cont.shape[1] == 0:
         raise ValueError("continuation_ids is empty: there is nothing to score")
-    call = with_continuation(left_aligned(inputs), cont, keep)
+    call = with_continuation(left_aligned(inputs), cont, keep, model.config)
     with apply(model, policy, merge=merge, backend=backend, layers=layers), torch.no_grad():
         logits = model(**call, use_cache=False).logits
     logp = torch.log_softmax(logits[:, prompt_len - 1 : -1].float(), dim=-1)

@@ -83,6 +83,7 @@ class Call:
 
     handle: Any  # the futuremask.hf.FutureMask
     inputs: dict[str, Any]
+    missing_input: str | None = None  # why the family's own prompt mask is undefined for this call, if it is
     prompt: PromptPass | None = None
     _layout: TokenLayout | None = None
 
@@ -103,9 +104,14 @@ def is_prompt_pass(call: Call | None, q_length: int, q_offset, kv_offset) -> boo
     """Whether a mask request is a prompt pass under a policy (the whole prompt, from an empty cache).
 
     False where the model's own mask is exact: no handle, a plain causal handle, a decoding step (one
-    query after the cache). A prompt that arrives after cached tokens raises :class:`PromptSplitError`.
+    query after the cache). A prompt that arrives after cached tokens raises :class:`PromptSplitError`; a
+    prompt pass without an input the family's own mask needs (``Call.missing_input``) raises ValueError.
     """
-    if call is None or call.handle.is_plain_causal:
+    if call is None:
+        return False
+    if call.missing_input is not None and int(q_offset) == 0 and q_length > 1:
+        raise ValueError(call.missing_input)
+    if call.handle.is_plain_causal:
         return False
     if int(q_offset) == 0 and int(kv_offset) == 0:
         return q_length > 1

@@ -187,7 +187,10 @@ class TokenLayout:
         """Layout of a model call, from its ``input_ids`` and the model config.
 
         Visual positions come from ``mm_token_type_ids`` when given (0 text, 1 image, 2 video), else
-        from the config's ``image_token_id`` / ``video_token_id``. The supervised positions are, in
+        from the config's ``image_token_id`` / ``video_token_id``. With both, a position is visual only if
+        its id is one of the config's placeholders: some processors also mark the wrapper tokens around
+        an image (Idefics3 / SmolVLM, Pixtral's ``[IMG_BREAK]`` / ``[IMG_END]``), which carry no vision
+        features and stay text (DESIGN §2). The supervised positions are, in
         order of precedence: the valid positions outside ``prompt_mask``; those with a label
         (``labels != -100``; transformers' causal-LM labels are unshifted: ``labels[j]`` is the
         target of token ``j``); none. Packed sequences are read from ``position_ids`` only when
@@ -195,6 +198,10 @@ class TokenLayout:
         """
         if mm_token_type_ids is not None:
             modality = mm_token_type_ids.long()
+            placeholders = _placeholder_ids(config)
+            if input_ids is not None and placeholders:
+                on_placeholder = torch.isin(input_ids, torch.tensor(list(placeholders), device=input_ids.device))
+                modality = torch.where(on_placeholder, modality, 0)
         elif input_ids is not None:
             modality = modality_from_ids(input_ids, config)
         else:
@@ -256,8 +263,8 @@ def text_config(config: Any) -> Any:
     return getattr(config, "text_config", None) or config
 
 
-def visual_token_ids(config: Any) -> dict[int, int]:
-    """Map of placeholder token id -> modality, read from a model config (never hard-coded)."""
+def _placeholder_ids(config: Any) -> dict[int, int]:
+    """Placeholder token id -> modality as the config names them (``{}`` when it names none)."""
     found: dict[int, int] = {}
     for modality, names in ((IMAGE, ("image_token_id", "image_token_index")), (VIDEO, ("video_token_id", "video_token_index"))):
         for name in names:
@@ -265,6 +272,12 @@ def visual_token_ids(config: Any) -> dict[int, int]:
             if isinstance(value, int) and value >= 0:
                 found.setdefault(value, modality)
                 break
+    return found
+
+
+def visual_token_ids(config: Any) -> dict[int, int]:
+    """Map of placeholder token id -> modality, read from a model config (never hard-coded)."""
+    found = _placeholder_ids(config)
     if not found:
         raise ValueError(
             f"{type(config).__name__} has no image_token_id / video_token_id; pass the processor's "

@@ -206,7 +206,7 @@ class _Verifier:
         cont_a, cont_b = _continuations(ids, self.layout, self.model.config)
         states = []
         for cont in (cont_a, cont_b):
-            call = with_continuation(self.inputs, cont, torch.ones_like(cont, dtype=torch.bool))
+            call = with_continuation(self.inputs, cont, torch.ones_like(cont, dtype=torch.bool), self.model.config)
             states.append(self.forward(call, policy, merge))
         a, b = states
         pairs = [(x[:, :length], y[:, :length]) for x, y in zip(a.hidden_states, b.hidden_states, strict=True)]

@@ -16,16 +16,20 @@ def eager_attention(
     scale: float | None = None,
     dropout: float = 0.0,
     training: bool = False,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``(out [B, H, Lq, D], weights [B, H, Lq, Lk])``.
 
-    Scores are ``q k^T * scale`` (``scale`` defaults to ``D ** -0.5``), masked where ``mask`` (bool,
+    Scores are ``q k^T * scale`` (``scale`` defaults to ``D ** -0.5``), capped to
+    ``softcap * tanh(scores / softcap)`` when ``softcap`` is given (Gemma2), masked where ``mask`` (bool,
     True = attend) is False, soft-maxed in float32. ``mask=None`` means causal when ``Lq > 1``.
     Rows with no allowed key get zero weights.
     """
     k, v = expand_heads(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     mask = as_4d(mask)
     if mask is None and q.shape[2] > 1:
         lq, lk = q.shape[2], k.shape[2]
