@@ -95,3 +95,32 @@ def test_a_runner_left_by_another_engine_is_never_used():
     with pytest.raises(ValueError, match="needs futuremask.s worker_cls"):
         backend.runner_for(object(), "future")
     assert backend.runner_for(Runner.vllm_config, "future") is backend._RUNNER[0]
+
+
+@pytest.mark.parametrize("overrides,named", [
+    ({"futuremask_polcy": "future"}, "'futuremask_polcy'"),
+    ({"futuremask-policy": "future"}, "'futuremask-policy'"),
+    ({"text_config": {"futuremask_policy": "future"}}, "'futuremask_policy' in a sub-config"),
+])
+def test_a_futuremask_key_the_plugin_does_not_read_is_refused_at_start(tiny, overrides, named):
+    """Without the check each of these engines starts stock and serves every prompt causal."""
+    path, _ = tiny
+    import vllm
+
+    with pytest.raises(Exception, match=rf"unknown futuremask key {named}.*reads only 'futuremask_policy' and "
+                                        "'futuremask_merge'"):
+        close(vllm.LLM(model=path, **ENGINE, hf_overrides=overrides))
+
+
+def test_vllms_own_llava_class_without_torchvision_names_the_fix(tiny):
+    """vLLM's native LLaVA imports torchvision (absent beside torch+cpu); vLLM alone says only that the
+    architecture 'failed to be inspected', inside a pydantic ValidationError."""
+    import importlib.util
+
+    import vllm
+
+    assert importlib.util.find_spec("torchvision") is None, "setup-vllm.sh removes torchvision on the CPU"
+    path, _ = tiny
+    with pytest.raises(ImportError, match=r"LlavaForConditionalGeneration imports torchvision.*"
+                                          r"use model_impl='transformers' \(--model-impl transformers\)"):
+        close(vllm.LLM(model=path, **{**ENGINE, "model_impl": "auto"}))

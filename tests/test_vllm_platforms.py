@@ -11,6 +11,7 @@ import warnings
 from types import SimpleNamespace
 
 import pytest
+from transformers import LlavaConfig
 
 import futuremask as fm
 from futuremask.integrations.vllm.platforms import PLATFORMS, serving_platform
@@ -83,3 +84,27 @@ def test_settings_that_hide_the_visual_positions_or_shard_the_keys_are_refused(p
     setattr(getattr(config, part), field, value)
     with pytest.raises(ValueError, match=message):
         check_engine(settings, config, PLATFORMS["cpu"])
+
+
+@pytest.mark.parametrize("overrides,named", [
+    ({"futuremask_polcy": "future"}, "'futuremask_polcy'"),
+    ({"FutureMask_Policy": "future"}, "'FutureMask_Policy'"),
+    ({"futuremask_policy": "future", "futuremask_merge_kind": "lse"}, "'futuremask_merge_kind'"),
+])
+def test_a_futuremask_key_the_plugin_does_not_read_is_refused(overrides, named):
+    """Each would start the stock engine: the policy key it was meant to be is never read."""
+    message = rf"unknown futuremask key {named} .*reads only 'futuremask_policy' and 'futuremask_merge'"
+    with pytest.raises(ValueError, match=message):
+        engine_kwargs("future", PLATFORMS["cpu"], hf_overrides=overrides)
+    config = LlavaConfig(image_token_id=7, **overrides)
+    with pytest.raises(ValueError, match=message):
+        Settings.from_hf_config(config)
+
+
+def test_a_futuremask_key_in_a_sub_config_is_refused_and_the_known_keys_are_read():
+    config = LlavaConfig(image_token_id=7, futuremask_policy="mma", futuremask_merge="lse")
+    assert Settings.from_hf_config(config) == Settings(policy=fm.get_policy("mma"), merge=fm.Merge("lse"))
+    config.text_config.futuremask_policy = "mma"
+    with pytest.raises(ValueError, match="'futuremask_policy' in a sub-config"):
+        Settings.from_hf_config(config)
+    assert engine_kwargs("causal", None, hf_overrides={"rope_theta": 1.0})["hf_overrides"]["rope_theta"] == 1.0

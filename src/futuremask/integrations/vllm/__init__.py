@@ -18,6 +18,7 @@ from typing import Any
 
 from ...merge import Merge
 from ...policies import get_policy
+from . import guards
 from . import settings as _settings
 from .platforms import PLATFORMS, ServingPlatform, serving_platform
 from .settings import MERGE_KEY, POLICY_KEY, Settings, check_engine
@@ -57,8 +58,9 @@ def engine_kwargs(
 def register() -> None:
     """Plugin entry point: override this platform's stock backend with futuremask's (idempotent).
 
-    On a platform futuremask does not serve it does nothing: engines there run stock vLLM, and
-    :func:`engine_kwargs` refuses a policy.
+    It also installs :mod:`.guards`: beam search refused under a policy, and a clear line where
+    vLLM's own model class cannot load without torchvision. On a platform futuremask does not serve
+    it does nothing: engines there run stock vLLM, and :func:`engine_kwargs` refuses a policy.
     """
     from vllm.platforms import current_platform
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
@@ -66,6 +68,7 @@ def register() -> None:
     platform = PLATFORMS.get(current_platform.device_name)
     if platform is not None:
         register_backend(AttentionBackendEnum[platform.stock_backend], platform.backend)
+        guards.install()
 
 
 __all__ = [

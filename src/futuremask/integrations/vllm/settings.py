@@ -7,8 +7,11 @@ or ``--hf-overrides`` (``vllm serve``): ``futuremask_policy`` (a policy name or 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from transformers import PretrainedConfig
 
 from ...layout import visual_token_ids
 from ...merge import Merge
@@ -17,6 +20,32 @@ from .platforms import ServingPlatform
 
 POLICY_KEY = "futuremask_policy"
 MERGE_KEY = "futuremask_merge"
+KEYS = (POLICY_KEY, MERGE_KEY)
+
+
+def _ours(key: str) -> bool:
+    """A key meant for futuremask: it starts with ``futuremask`` in any case (``futuremask-policy`` too)."""
+    return key.lower().startswith("futuremask")
+
+
+def check_keys(keys: Iterable[str], nested: Iterable[str] = ()) -> None:
+    """Refuse a futuremask key the plugin does not read: it would leave the engine stock without a word.
+
+    Args:
+        keys: the top-level keys of ``hf_overrides`` (or of the overridden model config).
+        nested: keys of its sub-configs (``text_config``, ...), where no futuremask key is read.
+
+    Raises:
+        ValueError: naming the unknown keys and the known ones.
+    """
+    unknown = sorted(k for k in keys if _ours(k) and k not in KEYS)
+    inner = sorted(k for k in nested if _ours(k))
+    if unknown or inner:
+        found = ", ".join([repr(k) for k in unknown] + [f"{k!r} in a sub-config" for k in inner])
+        raise ValueError(
+            f"unknown futuremask key {found} in the model config (hf_overrides / --hf-overrides); futuremask "
+            f"reads only {POLICY_KEY!r} and {MERGE_KEY!r}, at the top level of hf_overrides"
+        )
 
 
 @dataclass(frozen=True)
@@ -33,7 +62,14 @@ class Settings:
 
     @classmethod
     def from_hf_config(cls, hf_config: Any) -> Settings:
-        """Read ``futuremask_policy`` / ``futuremask_merge`` from a (vLLM-overridden) HF config."""
+        """Read ``futuremask_policy`` / ``futuremask_merge`` from a (vLLM-overridden) HF config.
+
+        Raises:
+            ValueError: any other ``futuremask*`` key, at the top level or in a sub-config (:func:`check_keys`);
+                an unknown policy or merge; a policy on a config without visual token ids.
+        """
+        attributes = vars(hf_config)
+        check_keys(attributes, [k for v in attributes.values() if isinstance(v, PretrainedConfig) for k in vars(v)])
         merge = _merge(getattr(hf_config, MERGE_KEY, None))
         policy = get_policy(getattr(hf_config, POLICY_KEY, None) or "causal")
         settings = cls(policy=policy, merge=merge)
@@ -102,7 +138,8 @@ def engine_kwargs(
         policy: a name from :data:`futuremask.POLICIES` (aliases work).
         platform: where the engine runs (:data:`.platforms.PLATFORMS`); None only for the stock engine.
         merge: a :class:`futuremask.Merge`, a kind name (``"kernel"``, ``"lse"``) or None.
-        hf_overrides: other config overrides of yours, merged with the futuremask keys.
+        hf_overrides: other config overrides of yours, merged with the futuremask keys (a ``futuremask*``
+            key among them other than these two is refused).
 
     Returns:
         ``hf_overrides`` with the futuremask keys and, unless the engine is the stock one (``causal``
@@ -117,6 +154,7 @@ def engine_kwargs(
     """
     settings = Settings(policy=get_policy(policy), merge=Merge.coerce(merge))
     overrides = dict(hf_overrides or {})
+    check_keys(overrides)
     overrides[POLICY_KEY] = settings.policy.name
     if settings.merge is not None:
         overrides[MERGE_KEY] = asdict(settings.merge)
