@@ -52,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--heads", type=int, default=4)
     model.add_argument("--kv-heads", type=int, default=2)
     model.add_argument("--vision-hidden-size", type=int, default=64)
+    model.add_argument("--patch-size", type=int, default=8,
+                       help="fresh model: pixels per side of an image patch; (32 / N)^2 visual tokens per image")
     model.add_argument("--model-seed", type=int, default=0, help="seed of the fresh model's initial weights")
 
     opt = p.add_argument_group("optimisation")
@@ -95,7 +97,7 @@ def _make_model_factory(args: argparse.Namespace, words: list[str]):
     def build():
         return tiny_llava(words=words, hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.heads,
                           num_kv_heads=args.kv_heads, vision_hidden_size=args.vision_hidden_size,
-                          seed=args.model_seed)
+                          patch_size=args.patch_size, seed=args.model_seed)
 
     return build
 
@@ -133,6 +135,14 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
     if args.model:
         check_model_source(args.model, "--model")
+    if args.demo and args.tasks:
+        from ..eval.demo import ALL_DEMO_TASKS
+
+        unknown = [t for t in args.tasks if t not in ALL_DEMO_TASKS]
+        if unknown:
+            raise ValueError(f"--demo --tasks: unknown demo task(s) {unknown}; choose from {list(ALL_DEMO_TASKS)}")
+    if args.patch_size < 1 or 32 % args.patch_size:
+        raise ValueError(f"--patch-size must divide the 32-pixel demo images, got {args.patch_size}")
     merge_from_args(args)  # window options without a merge are refused here
     check_writable(args.output_dir, "--output-dir")
     for key in ("policy", "eval_policies"):
@@ -151,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             from ..eval.demo import generate_demo_data
 
             data_dir = str(Path(scratch) / "train")
-            generate_demo_data(data_dir, samples_per_task=args.demo_samples, seed=args.demo_seed)
+            generate_demo_data(data_dir, samples_per_task=args.demo_samples, seed=args.demo_seed, tasks=args.tasks)
         words = [] if args.model else _vocabulary(data_dir, args)
         make_model = _make_model_factory(args, words)
         model, processor = make_model()
@@ -178,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
             from ..eval.demo import generate_demo_data
 
             eval_dir = str(Path(scratch) / "eval")
-            generate_demo_data(eval_dir, samples_per_task=args.eval_samples, seed=0)
+            generate_demo_data(eval_dir, samples_per_task=args.eval_samples, seed=0,
+                               tasks=args.tasks if args.demo else None)
         from ..train.sweep import run_sweep
 
         result = run_sweep(make_model, examples, eval_dir, args.output_dir, config, train_policies=args.policy,

@@ -76,6 +76,9 @@ DEMO_WORDS: tuple[str, ...] = _unique(list(BASE_WORDS) + _EXTRA_WORDS.split())
 """Every word that the demo prompts, chat template and answers use (base words keep their ids)."""
 
 DEMO_TASKS = ("DemoColor", "DemoFind", "DemoDirection", "DemoChange", "DemoCount")
+TRAINED_DEMO_TASKS = ("DemoWhich", "DemoPick")
+"""The tasks of the trained-mask demo (:mod:`futuremask.eval.trained_demo`), generated only when named."""
+ALL_DEMO_TASKS = DEMO_TASKS + TRAINED_DEMO_TASKS
 DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "demo-vlm"
 
 
@@ -194,12 +197,55 @@ def _make_count(rng: random.Random) -> Sample:
     return images, context, str(total), None
 
 
+def _make_which(rng: random.Random) -> Sample:
+    # Four images of four different colors, and the choice list is exactly those four colors: an answer
+    # read from any image but the named one is wrong, so locating image k is the whole task (chance 25 %).
+    n = 4
+    colors = rng.sample(list(COLORS), n)
+    images = [_single(rng.choice(SHAPES), c) for c in colors]
+    k = rng.randint(1, n)
+    choices = list(colors)
+    rng.shuffle(choices)
+    context = f"{_placeholders(n)} what color is the shape in image {k} ?"
+    return images, context, colors[k - 1], choices
+
+
+def _two_shapes(left: tuple[str, str], right: tuple[str, str]) -> Image.Image:
+    """Two ``(shape, color)`` objects side by side: one in each half of the image."""
+    image, draw = _canvas()
+    for x, (shape, color) in zip((8, 24), (left, right), strict=True):
+        _draw(draw, shape, color, x, 16, 6)
+    return image
+
+
+def _make_pick(rng: random.Random) -> Sample:
+    # Locating the answer needs both words of the question: which image (of 4, each holding two shapes) and
+    # which shape in it. The other shape's color in the same image is always among the choices, so reading
+    # the right image but the wrong half scores no better than chance.
+    n = 4
+    objects = []
+    for _ in range(n):
+        shapes, colors = rng.sample(SHAPES, 2), rng.sample(list(COLORS), 2)
+        objects.append(list(zip(shapes, colors, strict=True)))
+    images = [_two_shapes(*pair) for pair in objects]
+    k, side = rng.randint(1, n), rng.randint(0, 1)
+    shape, color = objects[k - 1][side]
+    distractor = objects[k - 1][1 - side][1]
+    pool = [c for c in COLORS if c not in (color, distractor)]
+    choices = [color, distractor, *rng.sample(pool, 2)]
+    rng.shuffle(choices)
+    context = f"{_placeholders(n)} what color is the {shape} in image {k} ?"
+    return images, context, color, choices
+
+
 _MAKERS: dict[str, tuple[Callable[[random.Random], Sample], str]] = {
     "DemoColor": (_make_color, "multi-choice"),
     "DemoFind": (_make_find, "multi-choice"),
     "DemoDirection": (_make_direction, "multi-choice"),
     "DemoChange": (_make_change, "open-ended"),
     "DemoCount": (_make_count, "open-ended"),
+    "DemoWhich": (_make_which, "multi-choice"),
+    "DemoPick": (_make_pick, "multi-choice"),
 }
 
 
@@ -228,13 +274,13 @@ def generate_demo_data(
         out_dir: folder to write into (created if needed).
         samples_per_task: samples per task.
         seed: random seed; each task draws from its own generator seeded by ``seed`` and the task name.
-        tasks: a subset of :data:`DEMO_TASKS` (all by default).
+        tasks: names from :data:`ALL_DEMO_TASKS` (default: :data:`DEMO_TASKS`).
     """
     out = Path(out_dir)
     names = list(DEMO_TASKS if tasks is None else tasks)
     for name in names:
         if name not in _MAKERS:
-            raise ValueError(f"unknown demo task {name!r}; choose from {DEMO_TASKS}")
+            raise ValueError(f"unknown demo task {name!r}; choose from {ALL_DEMO_TASKS}")
         maker, question_type = _MAKERS[name]
         rng = random.Random(f"{seed}:{name}")
         instruction = MC_INSTRUCTION if question_type == "multi-choice" else OPEN_INSTRUCTION
@@ -283,4 +329,4 @@ def load_demo_model(checkpoint: str | os.PathLike | None = None):
     return tiny_llava(words=list(DEMO_WORDS), seed=0)
 
 
-__all__ = ["DEMO_TASKS", "DEMO_WORDS", "generate_demo_data", "load_demo_model"]
+__all__ = ["ALL_DEMO_TASKS", "DEMO_TASKS", "DEMO_WORDS", "TRAINED_DEMO_TASKS", "generate_demo_data", "load_demo_model"]
