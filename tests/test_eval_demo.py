@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from demo_pixels import nearest_color, pixels, read_task
 
 from futuremask.cli import main
 from futuremask.eval.data import load_tasks
-from futuremask.eval.demo import COLORS, DEMO_TASKS, DEMO_WORDS, generate_demo_data, load_demo_model
+from futuremask.eval.demo import DEMO_TASKS, DEMO_WORDS, generate_demo_data, load_demo_model
 
 
 @pytest.fixture(scope="module")
@@ -22,20 +22,6 @@ def demo(tmp_path_factory) -> Path:
     return root
 
 
-def _task(root: Path, name: str) -> dict:
-    return json.loads((root / name / f"{name}.json").read_text())
-
-
-def _pixels(root: Path, task: str, name: str) -> np.ndarray:
-    with Image.open(root / task / "images" / name) as im:
-        assert im.size == (32, 32) and im.mode == "RGB"
-        return np.asarray(im).astype(int)
-
-
-def _nearest_color(rgb) -> str:
-    return min(COLORS, key=lambda c: sum((a - b) ** 2 for a, b in zip(COLORS[c], rgb, strict=True)))
-
-
 def test_same_seed_same_files(demo: Path, tmp_path: Path):
     generate_demo_data(tmp_path, samples_per_task=12, seed=0)
     for task in DEMO_TASKS:
@@ -43,7 +29,7 @@ def test_same_seed_same_files(demo: Path, tmp_path: Path):
         for png in (demo / task / "images").iterdir():
             assert (tmp_path / task / "images" / png.name).read_bytes() == png.read_bytes()
     generate_demo_data(tmp_path / "other", samples_per_task=12, seed=1, tasks=["DemoColor"])
-    assert _task(tmp_path / "other", "DemoColor") != _task(demo, "DemoColor")
+    assert read_task(tmp_path / "other", "DemoColor") != read_task(demo, "DemoColor")
 
 
 def test_valid_milebench_data_with_questions_after_the_images(demo: Path):
@@ -65,18 +51,18 @@ def test_valid_milebench_data_with_questions_after_the_images(demo: Path):
 
 
 def test_color_answers_match_the_drawn_pixels(demo: Path):
-    for sample in _task(demo, "DemoColor")["data"]:
+    for sample in read_task(demo, "DemoColor")["data"]:
         k = int(re.search(r"in image (\d+) \?", sample["task_instance"]["context"]).group(1))
-        center = _pixels(demo, "DemoColor", sample["task_instance"]["images_path"][k - 1])[16, 16]
-        assert _nearest_color(center) == sample["response"]
+        center = pixels(demo, "DemoColor", sample["task_instance"]["images_path"][k - 1])[16, 16]
+        assert nearest_color(center) == sample["response"]
         assert sample["response"] in sample["task_instance"]["choice_list"]
 
 
 def test_direction_answers_match_the_moving_shape(demo: Path):
-    for sample in _task(demo, "DemoDirection")["data"]:
+    for sample in read_task(demo, "DemoDirection")["data"]:
         centers = []
         for name in sample["task_instance"]["images_path"]:
-            ys, xs = np.nonzero((_pixels(demo, "DemoDirection", name) != 255).any(axis=2))
+            ys, xs = np.nonzero((pixels(demo, "DemoDirection", name) != 255).any(axis=2))
             centers.append((xs.mean(), ys.mean()))
         dx, dy = centers[-1][0] - centers[0][0], centers[-1][1] - centers[0][1]
         moved = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
@@ -84,24 +70,24 @@ def test_direction_answers_match_the_moving_shape(demo: Path):
 
 
 def test_change_answers_name_the_changed_side(demo: Path):
-    for sample in _task(demo, "DemoChange")["data"]:
-        before, after = (_pixels(demo, "DemoChange", n) for n in sample["task_instance"]["images_path"])
+    for sample in read_task(demo, "DemoChange")["data"]:
+        before, after = (pixels(demo, "DemoChange", n) for n in sample["task_instance"]["images_path"])
         side = "left" if (before[:, :16] != after[:, :16]).any() else "right"
         x = 9 if side == "left" else 23
-        assert sample["response"] == f"{side} {_nearest_color(after[16, x])}"
+        assert sample["response"] == f"{side} {nearest_color(after[16, x])}"
 
 
 def test_find_answers_are_balanced_and_match_the_pixels(tmp_path: Path):
     generate_demo_data(tmp_path, samples_per_task=200, seed=0, tasks=["DemoFind"])
     counts = dict.fromkeys(range(1, 5), 0)
-    for sample in _task(tmp_path, "DemoFind")["data"]:
+    for sample in read_task(tmp_path, "DemoFind")["data"]:
         instance = sample["task_instance"]
         assert instance["choice_list"] == ["image 1", "image 2", "image 3", "image 4"]
         k = int(sample["response"].split()[1])
         counts[k] += 1
         color = re.search(r"has the (\w+) \w+ \?", instance["context"]).group(1)
-        center = _pixels(tmp_path, "DemoFind", instance["images_path"][k - 1])[16, 16]
-        assert _nearest_color(center) == color
+        center = pixels(tmp_path, "DemoFind", instance["images_path"][k - 1])[16, 16]
+        assert nearest_color(center) == color
     # uniform over 4 positions: 50 expected each, a constant answer scores about 25 %
     assert all(30 <= c <= 70 for c in counts.values()), counts
 
@@ -109,7 +95,7 @@ def test_find_answers_are_balanced_and_match_the_pixels(tmp_path: Path):
 def test_change_constant_answer_scores_low(tmp_path: Path):
     # No template words: every word of a constant answer is wrong in about half the samples or more.
     generate_demo_data(tmp_path, samples_per_task=200, seed=0, tasks=["DemoChange"])
-    answers = [s["response"].split() for s in _task(tmp_path, "DemoChange")["data"]]
+    answers = [s["response"].split() for s in read_task(tmp_path, "DemoChange")["data"]]
     assert all(len(a) == 2 and a[0] in ("left", "right") for a in answers)
     best = max(sum(w in a for a in answers) for w in {w for a in answers for w in a})
     assert best / len(answers) < 0.6  # a constant's ROUGE-L F is the mean of its two words' shares

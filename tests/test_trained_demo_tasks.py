@@ -10,25 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from demo_pixels import nearest_color, pixels, read_task
 
 from futuremask.cli import main
 from futuremask.eval.data import load_tasks
-from futuremask.eval.demo import COLORS, DEMO_TASKS, DEMO_WORDS, TRAINED_DEMO_TASKS, generate_demo_data
-
-
-def _task(root: Path, name: str) -> dict:
-    return json.loads((root / name / f"{name}.json").read_text())
-
-
-def _pixels(root: Path, task: str, name: str) -> np.ndarray:
-    with Image.open(root / task / "images" / name) as im:
-        assert im.size == (32, 32) and im.mode == "RGB"
-        return np.asarray(im).astype(int)
-
-
-def _nearest_color(rgb) -> str:
-    return min(COLORS, key=lambda c: sum((a - b) ** 2 for a, b in zip(COLORS[c], rgb, strict=True)))
+from futuremask.eval.demo import DEMO_TASKS, DEMO_WORDS, TRAINED_DEMO_TASKS, generate_demo_data
 
 
 def _shape_at(image: np.ndarray, x: int) -> str:
@@ -70,20 +56,20 @@ def test_tasks_are_valid_milebench_with_demo_words(data: Path):
 
 
 def test_which_answer_is_the_named_image_and_the_choices_are_the_four_images(data: Path):
-    for sample in _task(data, "DemoWhich")["data"]:
+    for sample in read_task(data, "DemoWhich")["data"]:
         instance = sample["task_instance"]
         k = int(re.search(r"in image (\d+) \?", instance["context"]).group(1))
-        colors = [_nearest_color(_pixels(data, "DemoWhich", n)[16, 16]) for n in instance["images_path"]]
+        colors = [nearest_color(pixels(data, "DemoWhich", n)[16, 16]) for n in instance["images_path"]]
         assert colors[k - 1] == sample["response"]
         assert sorted(instance["choice_list"]) == sorted(colors) and len(set(colors)) == 4
 
 
 def test_pick_answer_is_the_named_shape_of_the_named_image(data: Path):
-    for sample in _task(data, "DemoPick")["data"]:
+    for sample in read_task(data, "DemoPick")["data"]:
         instance = sample["task_instance"]
         shape, k = re.search(r"is the (\w+) in image (\d+) \?", instance["context"]).groups()
-        image = _pixels(data, "DemoPick", instance["images_path"][int(k) - 1])
-        halves = [_nearest_color(image[16, 8]), _nearest_color(image[16, 24])]
+        image = pixels(data, "DemoPick", instance["images_path"][int(k) - 1])
+        halves = [nearest_color(image[16, 8]), nearest_color(image[16, 24])]
         assert sample["response"] in halves and halves[0] != halves[1]
         other = halves[1 - halves.index(sample["response"])]
         assert other in instance["choice_list"]  # reading the wrong half of the right image is a listed mistake
@@ -96,8 +82,8 @@ def test_evaluation_samples_never_occur_in_the_training_data(tmp_path: Path):
     generate_demo_data(tmp_path / "train", samples_per_task=600, seed=1, tasks=list(TRAINED_DEMO_TASKS))
     generate_demo_data(tmp_path / "eval", samples_per_task=200, seed=0, tasks=list(TRAINED_DEMO_TASKS))
     for task in TRAINED_DEMO_TASKS:
-        train = {_identity(tmp_path / "train", task, s) for s in _task(tmp_path / "train", task)["data"]}
-        held_out = [_identity(tmp_path / "eval", task, s) for s in _task(tmp_path / "eval", task)["data"]]
+        train = {_identity(tmp_path / "train", task, s) for s in read_task(tmp_path / "train", task)["data"]}
+        held_out = [_identity(tmp_path / "eval", task, s) for s in read_task(tmp_path / "eval", task)["data"]]
         assert len(train) == 600 and len(set(held_out)) == 200
         assert not train & set(held_out), task
 
