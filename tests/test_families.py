@@ -251,11 +251,12 @@ def test_left_padded_batch_matches_each_prompt_alone(vlm, policy):
 # --- continuation scoring --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("policy", ("causal",) + FUTURE_POLICIES)
-def test_continuation_logprob_matches_dense_definition(vlm, policy):
-    inputs = build_inputs(vlm, IMAGE_PROMPT)
+def _dense_continuation_logprob(vlm, prompt: str, words: str, policy: str) -> tuple[float, float]:
+    """``fm.continuation_logprob`` of ``words`` after ``prompt``, and the same sum from the stock model given the
+    policy's dense definition mask over prompt + continuation (the continuation supervised)."""
+    inputs = build_inputs(vlm, prompt)
     prompt_len = inputs["input_ids"].shape[1]
-    cont = torch.tensor([vlm.tokenizer.convert_tokens_to_ids("the red circle is left".split())])
+    cont = torch.tensor([vlm.tokenizer.convert_tokens_to_ids(words.split())])
     got = fm.continuation_logprob(vlm.model, inputs, cont, policy=policy)
     full = {**inputs, "input_ids": torch.cat([inputs["input_ids"], cont], 1)}
     full["attention_mask"] = torch.ones_like(full["input_ids"])
@@ -264,7 +265,13 @@ def test_continuation_logprob_matches_dense_definition(vlm, policy):
     mask = definition_mask(policy, full["input_ids"][0], vlm, prompt_len=prompt_len)
     logits = dense_forward(vlm, full, mask).logits[0, prompt_len - 1 : -1]
     want = torch.log_softmax(logits, -1).gather(-1, cont[0, :, None]).sum()
-    assert abs(float(got[0]) - float(want)) <= 1e-5
+    return float(got[0]), float(want)
+
+
+@pytest.mark.parametrize("policy", ("causal",) + FUTURE_POLICIES)
+def test_continuation_logprob_matches_dense_definition(vlm, policy):
+    got, want = _dense_continuation_logprob(vlm, IMAGE_PROMPT, "the red circle is left", policy)
+    assert abs(got - want) <= 1e-5
 
 
 # --- (d) the light (merge) variant -----------------------------------------------------------------
@@ -378,18 +385,8 @@ def test_video_generate_is_policy_prefill_then_causal_decode(video_vlm):
 
 @pytest.mark.parametrize("policy", ["future", "mma"])
 def test_video_continuation_logprob_matches_dense_definition(video_vlm, policy):
-    inputs = build_inputs(video_vlm, MIXED_PROMPT)
-    prompt_len = inputs["input_ids"].shape[1]
-    cont = torch.tensor([video_vlm.tokenizer.convert_tokens_to_ids("a red circle".split())])
-    got = fm.continuation_logprob(video_vlm.model, inputs, cont, policy=policy)
-    full = {**inputs, "input_ids": torch.cat([inputs["input_ids"], cont], 1)}
-    full["attention_mask"] = torch.ones_like(full["input_ids"])
-    if video_vlm.token_type_key is not None:
-        full[video_vlm.token_type_key] = torch.nn.functional.pad(inputs[video_vlm.token_type_key], (0, cont.shape[1]))
-    mask = definition_mask(policy, full["input_ids"][0], video_vlm, prompt_len=prompt_len)
-    logits = dense_forward(video_vlm, full, mask).logits[0, prompt_len - 1 : -1]
-    want = torch.log_softmax(logits, -1).gather(-1, cont[0, :, None]).sum()
-    assert abs(float(got[0]) - float(want)) <= 1e-5
+    got, want = _dense_continuation_logprob(video_vlm, MIXED_PROMPT, "a red circle", policy)
+    assert abs(got - want) <= 1e-5
 
 
 # --- Mistral3 / Pixtral: only [IMG] is visual ------------------------------------------------------
